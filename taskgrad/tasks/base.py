@@ -1,0 +1,110 @@
+"""What a task is: prompt generation, a 0/1 verifiable reward, a fixed held-out set.
+
+Every ``Sample`` carries its task name, so grouping a batch by task is a groupby, never a guess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from taskgrad.registry import Registry
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One prompt of one task.
+
+    ``prompt`` is plain text without any chat template (the policy applies one when the tokenizer
+    has it); ``answer`` is the reference answer; ``meta`` holds what the reward needs beyond it
+    (hidden tests, the numbers of a countdown, a tolerance...). Everything is JSON-serialisable.
+    """
+
+    task: str
+    prompt: str
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Reward:
+    """A verifiable reward: ``value`` is 0.0 or 1.0; ``metrics`` are optional components in [0, 1]
+    (e.g. ``format_ok``) that are logged as ``task/<name>/<metric>`` means."""
+
+    value: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """Base class of every task. Subclasses set ``name`` and implement ``generate`` and ``reward``.
+
+    A task is deterministic given its seed: ``eval_set()`` is fixed and disjoint from the prompts
+    ``sample()`` returns for training.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, *, name: str | None = None, eval_size: int = 64, seed: int = 0) -> None:
+        if (
+            name is not None
+        ):  # a dataset-backed task is registered once but instantiated per dataset
+            self.name = name
+        self.eval_size = eval_size
+        self.seed = seed
+        self._eval: list[Sample] | None = None
+        self._eval_prompts: set[str] = set()
+
+    # -- to implement --------------------------------------------------------------------------
+    @abstractmethod
+    def generate(self, rng: random.Random) -> Sample:
+        """Draw one sample from the task's distribution using ``rng`` only."""
+
+    @abstractmethod
+    def reward(self, sample: Sample, completion: str) -> Reward:
+        """Score one completion; must never raise on any string (model output is hostile)."""
+
+    # -- provided ------------------------------------------------------------------------------
+    def rewards(self, samples: list[Sample], completions: list[str]) -> list[Reward]:
+        """Score a batch; tasks with expensive verifiers (code) override this to parallelise."""
+        return [self.reward(s, c) for s, c in zip(samples, completions, strict=True)]
+
+    def demonstration(self, sample: Sample) -> str:
+        """The completion a supervised warm-start imitates (default: the reference answer)."""
+        return sample.answer
+
+    def eval_set(self) -> list[Sample]:
+        """The fixed held-out set: ``eval_size`` distinct prompts from a seed of its own."""
+        if self._eval is None:
+            rng = random.Random(_stable_seed(self.name, self.seed, "eval"))
+            out: list[Sample] = []
+            seen: set[str] = set()
+            for _ in range(self.eval_size * 100):
+                if len(out) == self.eval_size:
+                    break
+                s = self.generate(rng)
+                if s.prompt not in seen:
+                    seen.add(s.prompt)
+                    out.append(s)
+            self._eval, self._eval_prompts = out, seen
+        return self._eval
+
+    def sample(self, rng: random.Random) -> Sample:
+        """A training sample that is never one of the held-out prompts."""
+        held_out = {s.prompt for s in self.eval_set()}
+        for _ in range(1000):
+            s = self.generate(rng)
+            if s.prompt not in held_out:
+                return s
+        raise RuntimeError(f"task {self.name!r}: could not draw a prompt outside the eval set")
+
+
+def _stable_seed(*parts: object) -> int:
+    """A seed that is the same in every process (``hash()`` of a str is salted per process)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+TASKS: Registry[type[Task]] = Registry("task")
