@@ -1,0 +1,361 @@
+"""One typed config tree: defaults <- YAML preset <- ``key=value`` overrides.
+
+The dataclasses below are the schema and the documentation: one line of help per field, units in
+the help, valid values as ``Literal``. ``load_config`` resolves a preset and overrides into a
+validated ``Config``; unknown keys, unknown tasks and invalid values raise ``ConfigError`` with a
+one-line message naming the field. ``to_dict`` gives the resolved tree that a run writes to
+``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line that names the field."""
+
+
+@dataclass
+class TaskSpec:
+    name: str  # instance name, used in metric keys (task/<name>/reward)
+    type: str | None = None  # registered task class; defaults to `name`
+    weight: float = 1.0  # mixture weight: prompts per step are proportional to it
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the task class
+
+
+@dataclass
+class TinyModelConfig:
+    """The embedded tiny model: a Qwen2-architecture causal LM with a character tokenizer."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    warmstart_steps: int = 700  # supervised steps on task demonstrations
+    warmstart_batch: int = 64  # sequences per warm-start step
+    warmstart_lr: float = 3e-3
+    warmstart_seed: int = 1234
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny"  # "tiny" (embedded, built and cached), a hub id or a local path
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    chat_template: Literal["auto", "never"] = "auto"  # auto: apply it when the tokenizer has one
+    gradient_checkpointing: bool = False
+    max_prompt_tokens: int = 512  # prompts are left-truncated to this many tokens
+    cache_dir: str | None = None  # where the tiny model is cached (default ~/.cache/taskgrad)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class RolloutConfig:
+    backend: Literal["transformers"] = "transformers"  # sampling engine
+    group_size: int = 8  # G: completions per prompt
+    prompts_per_task: int = 4  # prompts of each task per step, before mixture weights
+    max_new_tokens: int = 12  # completion length limit, in tokens
+    temperature: float = 1.0
+    top_p: float = 1.0
+    generation_batch: int = 256  # sequences generated at once
+
+
+@dataclass
+class GRPOConfig:
+    scale_rewards: bool = True  # divide advantages by the group std (False: Dr. GRPO)
+    loss_agg: Literal["token_mean", "seq_mean", "constant"] = "token_mean"
+    loss_constant: int | None = None  # normaliser of loss_agg=constant; default max_new_tokens
+    clip_eps: float = 0.2  # PPO clip range (low)
+    clip_eps_high: float | None = None  # upper clip range (DAPO clip-higher); default clip_eps
+    inner_updates: int = 1  # optimizer steps per rollout batch (PPO epochs)
+    kl_coef: float = 0.0  # beta of the k3 KL penalty to the reference (initial) policy
+    micro_batch_size: int = 64  # sequences per forward/backward
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # clip the global gradient norm; 0 disables clipping
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+
+
+@dataclass
+class EvalConfig:
+    every: int = 20  # held-out evaluation every N steps (and at start and end); 0 disables
+    size: int = 64  # held-out prompts per task
+    max_new_tokens: int | None = None  # default: rollout.max_new_tokens
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Per-task gradient measurements inside the step (see gradients.py)."""
+
+    enabled: bool = True
+    every: int = 1  # measure every N steps (other steps run without group buffers)
+    scope: str = "full"  # where group buffers live: full | proxy | a regex over parameter names
+    breakdown: bool = True  # also per layer and per module kind, from the same buffers
+    optimizer_geometry: bool = True  # shares of the applied AdamW update per task
+    gain_window: int = 10  # s of the paper's windowed learning gain, in steps
+    probe_every: int = 10  # paired probe evaluation every N steps; 0 disables
+    probe_size: int = 32  # probe prompts per task (the first ones of its held-out set)
+    probe_samples: int = 4  # sampled completions per probe prompt, with fixed seeds
+    one_step_at: list[int] = field(default_factory=list)  # steps with a one-step probe gain
+    transfer_at: list[int] = field(default_factory=list)  # steps with a K x K transfer matrix
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    steps: int = 80  # training steps (rollout batches)
+    tasks: list[TaskSpec] = field(
+        default_factory=lambda: [
+            TaskSpec("code"),
+            TaskSpec("countdown"),
+            TaskSpec("arithmetic"),
+            TaskSpec("table_qa"),
+        ]
+    )
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    runs_root: str = "runs"  # run directories are created under it
+    run_name: str | None = None  # default: <time>-<preset>-s<seed>
+    checkpoint_every: int = 20  # steps between checkpoints (the last step always saves)
+    keep_checkpoints: int = 1  # how many recent checkpoints to keep
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = True  # show a progress bar
+    preset: str = "default"  # the preset this config was resolved from (informational)
+
+
+# --- presets ---------------------------------------------------------------------------------
+
+
+def preset_names() -> list[str]:
+    files = resources.files("taskgrad.presets").iterdir()
+    return sorted(p.name[: -len(".yaml")] for p in files if p.name.endswith(".yaml"))
+
+
+def _preset_dict(name: str) -> dict[str, Any]:
+    path = Path(name)
+    if path.suffix in {".yaml", ".yml"} and path.exists():
+        text = path.read_text()
+    elif name in preset_names():
+        text = resources.files("taskgrad.presets").joinpath(f"{name}.yaml").read_text()
+    else:
+        raise ConfigError(f"preset: unknown preset {name!r}; valid: {', '.join(preset_names())}")
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {name!r}: the top level must be a mapping")
+    return data
+
+
+# --- overrides -------------------------------------------------------------------------------
+
+# Shorthands accepted on the command line: `model=Qwen/...` sets model.name_or_path and
+# `tasks=a,b` sets the task list by names.
+_ALIASES = {"model": "model.name_or_path"}
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "tasks=arithmetic,code"]`` -> a nested dict of YAML-typed values."""
+    out: dict[str, Any] = {}
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"override {arg!r}: expected key=value")
+        key, raw = arg.split("=", 1)
+        key = _ALIASES.get(key.strip(), key.strip())
+        value: Any
+        if key == "tasks" and not raw.strip().startswith("["):
+            value = [{"name": n.strip()} for n in raw.split(",") if n.strip()]
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {arg!r}: {part!r} is set twice")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def _check(tp: Any, value: Any, where: str) -> Any:
+    """Validate ``value`` against the annotation ``tp``; return it converted (int -> float...)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(arg, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        valid = typing.get_args(tp)
+        if value not in valid:
+            raise ConfigError(
+                f"{where}: invalid value {value!r}; valid: {', '.join(map(str, valid))}"
+            )
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        items = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(items):
+            raise ConfigError(f"{where}: expected {len(items)} values, got {value!r}")
+        return tuple(
+            _check(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(items, value, strict=True))
+        )
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover - schema bug
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys by name.
+
+    ``where`` is the dotted path of ``data`` in the tree, used in error messages.
+    """
+    if isinstance(data, str) and cls is TaskSpec:
+        data = {"name": data}
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    prefix = f"{where}." if where else ""
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"config: unknown key '{prefix}{key}'; valid: {', '.join(fields)}")
+    kwargs = {k: _check(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{where or 'config'}: {e}") from None
+
+
+def to_dict(cfg: Any) -> Any:
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, list | tuple):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def validate(cfg: Config) -> Config:
+    """Checks that span fields: positive sizes, known tasks, unique task names."""
+    from taskgrad.tasks import TASKS
+
+    positive = {
+        "steps": cfg.steps,
+        "rollout.group_size": cfg.rollout.group_size,
+        "rollout.prompts_per_task": cfg.rollout.prompts_per_task,
+        "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
+        "rollout.generation_batch": cfg.rollout.generation_batch,
+        "grpo.inner_updates": cfg.grpo.inner_updates,
+        "grpo.micro_batch_size": cfg.grpo.micro_batch_size,
+        "optim.lr": cfg.optim.lr,
+        "eval.size": cfg.eval.size,
+        "checkpoint_every": cfg.checkpoint_every,
+        "keep_checkpoints": cfg.keep_checkpoints,
+        "rollout.temperature": cfg.rollout.temperature,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name}: must be positive, got {value!r}")
+    if cfg.rollout.group_size < 2:
+        raise ConfigError("rollout.group_size: GRPO needs at least 2 completions per prompt")
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p!r}")
+    if not cfg.tasks:
+        raise ConfigError("tasks: at least one task is needed")
+    names = [t.name for t in cfg.tasks]
+    for i, spec in enumerate(cfg.tasks):
+        kind = spec.type or spec.name
+        if kind not in TASKS:
+            raise ConfigError(f"tasks[{i}].type: unknown task {kind!r}; valid: {', '.join(TASKS)}")
+        if names.count(spec.name) > 1:
+            raise ConfigError(f"tasks[{i}].name: task name {spec.name!r} is used twice")
+        if spec.weight <= 0:
+            raise ConfigError(f"tasks[{i}].weight: must be positive, got {spec.weight!r}")
+    if cfg.diagnostics.every <= 0:
+        raise ConfigError(f"diagnostics.every: must be positive, got {cfg.diagnostics.every!r}")
+    if cfg.eval.every < 0:
+        raise ConfigError(f"eval.every: must be >= 0, got {cfg.eval.every!r}")
+    return cfg
+
+
+def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Resolve defaults <- preset <- overrides into a validated ``Config``."""
+    over = parse_overrides(overrides or [])
+    preset = over.pop("preset", None) or preset or "default"
+    data = _merge(_preset_dict(str(preset)), over)
+    data["preset"] = str(preset)
+    return validate(from_dict(Config, data))

@@ -1,0 +1,238 @@
+r"""Per-task gradients from the training step itself, and everything their Gram matrix gives.
+
+**Groups.** A step's sequences are split into M = 2K groups, one per (task k, half h). The halves
+split a task's *prompts* into two disjoint random sets (a prompt's G completions share a baseline,
+so they always go together), so the two halves are independent estimates of the task's gradient.
+Each group is backpropagated in its own micro-batches; after a group finishes, the gradients of
+the parameters in scope are moved into row m of a flat buffer ``F [M, P]`` and ``.grad`` is reset.
+After the last group, ``.grad = F.sum(0)``: with the loss aggregation's global per-token weights
+(grpo.py) this is exactly the full-batch gradient the optimizer would see, at no extra FLOPs.
+
+**Task objective.** The batch loss restricted to task k's rows is s_k times the task's own
+objective (the same aggregation applied to task k alone), with s_k = N_k/N for token_mean and
+B_k/B for seq_mean and constant. So the task's gradient is g_k = G_k / s_k, where G_k = G_kA + G_kB
+is the sum of its group gradients; G_k = s_k g_k = w_k g_k is the task's contribution to the mixed
+update g = sum_k G_k. Each half's estimate is g_kh = G_kh / s_kh.
+
+**Estimators** (all entries of the [M, M] Gram matrix Q_mn = <G_m, G_n>):
+
+    unbiased ||E g_k||^2  =  <g_kA, g_kB>                  E<g_A, g_B> = <E g_A, E g_B>
+    naive    ||g_k||^2    =  ||g_k||^2                     biased up by tr(Cov g_k) / n_k
+    noise                 =  naive - unbiased              (= ||g_kA - g_kB||^2 / 4, equal halves)
+    <g_j, g_k>            =  cross-task inner product      unbiased: disjoint prompts
+    cos(j, k)             =  <g_j, g_k> / sqrt(u_j u_k)    undefined unless both u > 0
+    update share_k        =  <G_k, g> / ||g||^2            sums to 1 over tasks
+    imbalance             =  max_k u_k / min_k u_k         over tasks with u_k > 0
+
+The unbiased estimate can be negative when noise dominates; it is logged as is. Token-mean
+normalisation divides by a random token count, which makes <g_kA, g_kB> a ratio estimator with
+an O(1/n) bias; with fixed normalisers (seq_mean, constant) it is exactly unbiased.
+
+**Scopes.** Buffers exist only for the parameters in scope (``full``, ``proxy`` = the last attention
+block, or a regex). Per-parameter Grams are summed into per-layer, per-module-kind and proxy
+scopes, so all of them come from one pass over the buffers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+def module_kind(name: str) -> str:
+    """attention | mlp | embeddings | norms | other, from a Hugging Face parameter name."""
+    leaf = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else name  # module holding the tensor
+    if "norm" in leaf or leaf.startswith("ln_"):  # before attention: post_attention_layernorm
+        return "norms"
+    if "self_attn" in name or ".attn." in name or "attention" in name:
+        return "attention"
+    if ".mlp." in name or "feed_forward" in name:
+        return "mlp"
+    if "embed" in name or "lm_head" in name or "wte" in name or "wpe" in name:
+        return "embeddings"
+    return "other"
+
+
+def layer_index(name: str) -> int | None:
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None
+
+
+def proxy_names(names: Iterable[str]) -> set[str]:
+    """The paper's cheap proxy: the parameters of the last transformer block's attention."""
+    names = list(names)
+    layers = [i for n in names if (i := layer_index(n)) is not None]
+    if not layers:
+        return set(names)
+    last = max(layers)
+    return {n for n in names if layer_index(n) == last and module_kind(n) == "attention"}
+
+
+def scope_names(names: list[str], scope: str) -> list[str]:
+    if scope == "full":
+        return names
+    if scope == "proxy":
+        keep = proxy_names(names)
+        return [n for n in names if n in keep]
+    pattern = re.compile(scope)
+    picked = [n for n in names if pattern.search(n)]
+    if not picked:
+        raise ValueError(f"diagnostics.scope: regex {scope!r} matches no parameter")
+    return picked
+
+
+class GroupGradients:
+    """Keeps each group's gradient over the parameters in scope, in one flat buffer [M, P]."""
+
+    def __init__(self, model: torch.nn.Module, scope: str, num_groups: int) -> None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        keep = set(scope_names([n for n, _ in named], scope))
+        self.params = [(n, p) for n, p in named if n in keep]
+        self.names = [n for n, _ in self.params]
+        sizes = [p.numel() for _, p in self.params]
+        self.offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+        first = self.params[0][1]
+        # float32 at least, even for bf16 models: buffers are summed and multiplied.
+        dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+        self.buffer = torch.zeros(
+            num_groups, self.offsets[-1], device=first.device, dtype=dtype
+        )  # [M, P]
+        self.present = torch.zeros(num_groups, dtype=torch.bool)
+
+    def reset(self) -> None:
+        self.buffer.zero_()
+        self.present.zero_()
+
+    def close_group(self, group: int) -> None:
+        """Move the in-scope ``.grad`` accumulated since the last close into row ``group``."""
+        row = self.buffer[group]
+        for (_, p), lo, hi in zip(self.params, self.offsets[:-1], self.offsets[1:], strict=True):
+            if p.grad is not None:
+                row[lo:hi].add_(p.grad.reshape(-1))
+                p.grad = None
+        self.present[group] = True
+
+    def restore_sum(self) -> None:
+        """Set ``.grad`` of in-scope parameters to the sum of the group gradients."""
+        total = self.buffer.sum(0)  # [P]
+        for (_, p), lo, hi in zip(self.params, self.offsets[:-1], self.offsets[1:], strict=True):
+            p.grad = total[lo:hi].view_as(p).to(p.dtype)
+
+    def param_grams(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-parameter Gram matrices [n_params, M, M] in float64.
+
+        With ``weight`` [P] (e.g. AdamW's preconditioner), the Gram is of ``weight * G_m``.
+        """
+        out = []
+        for lo, hi in zip(self.offsets[:-1], self.offsets[1:], strict=True):
+            block = self.buffer[:, lo:hi]  # [M, n]
+            if weight is not None:
+                block = block * weight[lo:hi]
+            out.append((block @ block.T).double())  # [M, M]
+        return torch.stack(out)
+
+    def dots(self, vector: torch.Tensor) -> torch.Tensor:
+        """<G_m, vector> per group: [M] in float64 (vector is [P], e.g. the applied update)."""
+        return (self.buffer @ vector).double()
+
+    def flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate per-parameter tensors aligned with the scope into one [P] vector."""
+        return torch.cat([t.reshape(-1).to(self.buffer.dtype) for t in tensors])
+
+
+def scope_members(names: list[str], breakdown: bool) -> dict[str, list[int]]:
+    """Scope name -> indices of parameters (into ``names``) that it sums over."""
+    scopes: dict[str, list[int]] = {"full": list(range(len(names)))}
+    proxy = proxy_names(names)
+    scopes["proxy"] = [i for i, n in enumerate(names) if n in proxy]
+    if breakdown:
+        for i, n in enumerate(names):
+            scopes.setdefault(module_kind(n), []).append(i)
+            layer = layer_index(n)
+            if layer is not None:
+                scopes.setdefault(f"layer{layer:02d}", []).append(i)
+    return {k: v for k, v in scopes.items() if v}
+
+
+@dataclass
+class HalfShares:
+    """s_kh: each (task, half)'s share of the batch's token weights, as a [K, 2] tensor."""
+
+    shares: torch.Tensor  # [K, 2]
+
+    @property
+    def task(self) -> torch.Tensor:
+        return self.shares.sum(1)  # [K]
+
+
+def _inv(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x > 0, 1.0 / x.clamp(min=1e-300), torch.full_like(x, math.nan))
+
+
+def task_statistics(gram: torch.Tensor, shares: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Everything the diagnostics need from one group Gram.
+
+    gram: [2K, 2K] with group m = 2k + h; shares: [K, 2] (s_kh). Returns tensors:
+    sqnorm_unbiased [K], sqnorm_naive [K], noise [K], inner [K, K] (<g_j, g_k>, unbiased off the
+    diagonal), cos [K, K], update_share [K], contribution_sqnorm [K] (||G_k||^2), total_sqnorm [].
+    Tasks that are absent, or have one half empty, get NaN where the estimate needs them.
+    """
+    k = shares.shape[0]
+    q = gram.double().view(k, 2, k, 2)  # [K, 2, K, 2]
+    s = shares.double()
+    a_half = _inv(s)  # [K, 2]
+    a_task = _inv(s.sum(1))  # [K]
+    contrib = q.sum(dim=(1, 3))  # [K, K]  <G_j, G_k>
+    inner = contrib * a_task[:, None] * a_task[None, :]  # [K, K]  <g_j, g_k>
+    cross = q[torch.arange(k), 0, torch.arange(k), 1]  # [K]  <G_kA, G_kB>
+    unbiased = cross * a_half[:, 0] * a_half[:, 1]  # [K]
+    naive = inner.diagonal().clone()
+    root = torch.where(unbiased > 0, unbiased.clamp(min=0).sqrt(), torch.nan)
+    cos = inner / (root[:, None] * root[None, :])  # [K, K]
+    cos.diagonal().copy_(torch.where(unbiased > 0, 1.0, torch.nan))
+    total = contrib.sum()
+    share = contrib.sum(1) / total if total > 0 else torch.full((k,), math.nan)
+    return {
+        "sqnorm_unbiased": unbiased,
+        "sqnorm_naive": naive,
+        "noise": naive - unbiased,
+        "inner": inner,
+        "cos": cos,
+        "update_share": share.double(),
+        "contribution_sqnorm": contrib.diagonal().clone(),
+        "total_sqnorm": total,
+    }
+
+
+def imbalance_ratio(sqnorms: torch.Tensor) -> float:
+    """Largest over smallest positive unbiased squared norm; NaN with fewer than two."""
+    pos = sqnorms[torch.isfinite(sqnorms) & (sqnorms > 0)]
+    return float(pos.max() / pos.min()) if pos.numel() >= 2 else math.nan
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Rank correlation (average ranks for ties) of finite pairs; NaN with fewer than 3 pairs."""
+    pairs = [(a, b) for a, b in zip(x, y, strict=True) if math.isfinite(a) and math.isfinite(b)]
+    if len(pairs) < 3:
+        return math.nan
+
+    def ranks(v: list[float]) -> torch.Tensor:
+        t = torch.tensor(v, dtype=torch.float64)
+        order = t.argsort()
+        r = torch.empty_like(t)
+        r[order] = torch.arange(len(v), dtype=torch.float64)
+        for value in t.unique():  # average ranks of ties
+            tie = t == value
+            r[tie] = r[tie].mean()
+        return r
+
+    rx, ry = ranks([a for a, _ in pairs]), ranks([b for _, b in pairs])
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = (rx.norm() * ry.norm()).item()
+    return float((rx @ ry).item() / denom) if denom > 0 else math.nan

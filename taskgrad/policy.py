@@ -1,0 +1,219 @@
+"""The policy: any Hugging Face causal LM by hub id or path, or the embedded tiny model.
+
+The tiny model is an ordinary ``Qwen2ForCausalLM`` (a few hundred thousand parameters) with a
+character-level ``PreTrainedTokenizerFast``. It is built once per recipe, given a short supervised
+warm start on task demonstrations so that it starts with partial, task-dependent competence (as
+the paper's instruct checkpoints do), saved as a normal model directory, and loaded back through
+the same ``from_pretrained`` path as any hub model. The cache key is a hash of the recipe (tiny
+config, tasks and their options, recipe version), so a changed recipe rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from taskgrad.config import ModelConfig, TaskSpec, TinyModelConfig
+from taskgrad.tasks import Task
+
+TINY = "tiny"
+# Bump when the tiny model's construction or warm start changes, to invalidate caches.
+RECIPE_VERSION = 3
+# Printable ASCII and newline: every prompt and answer of the procedural tasks.
+CHARSET = [chr(c) for c in range(32, 127)] + ["\n"]
+SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerBase:
+    """A character-level fast tokenizer: one token per character, plus four special tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL.values())}
+    for ch in CHARSET:
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    bos = SPECIAL["bos_token"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, vocab[bos])]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", **SPECIAL)
+
+
+def build_tiny_model(tokenizer: PreTrainedTokenizerBase, cfg: TinyModelConfig, seed: int):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
+def warm_start(model, tokenizer, tasks: list[Task], cfg: TinyModelConfig) -> dict[str, float]:
+    """Supervised warm start: next-token loss on ``prompt demonstration</s>``, answer tokens only.
+
+    Returns the final loss. Demonstrations are drawn from the tasks' training distributions
+    (never their held-out sets), equally from every task.
+    """
+    rng = random.Random(cfg.warmstart_seed)
+    torch.manual_seed(cfg.warmstart_seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.warmstart_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / cfg.warmstart_steps)
+    )
+    model.train()
+    loss = torch.tensor(0.0)
+    for _ in range(cfg.warmstart_steps):
+        prompts, targets = [], []
+        for i in range(cfg.warmstart_batch):
+            task = tasks[i % len(tasks)]
+            sample = task.sample(rng)
+            prompts.append(sample.prompt)
+            targets.append(task.demonstration(sample))
+        batch = sft_batch(tokenizer, prompts, targets)
+        out = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")})
+        logits = out.logits[:, :-1]  # [B, L-1, V]
+        labels = batch["labels"][:, 1:]  # [B, L-1]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    model.eval()
+    return {"warmstart/final_loss": loss.item()}
+
+
+def sft_batch(tokenizer, prompts: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
+    """Left-padded ``<s> prompt target </s>`` with labels on the target and EOS only."""
+    rows, label_rows = [], []
+    for p, t in zip(prompts, targets, strict=True):
+        p_ids = tokenizer(p)["input_ids"]
+        t_ids = tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(p_ids + t_ids)
+        label_rows.append([-100] * len(p_ids) + t_ids)
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    labels = torch.tensor([[-100] * (width - len(r)) + r for r in label_rows])
+    attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids_from_mask(attention_mask),
+        "labels": labels,
+    }
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def tiny_recipe(cfg: ModelConfig, specs: list[TaskSpec]) -> dict:
+    return {
+        "version": RECIPE_VERSION,
+        "tiny": asdict(cfg.tiny),
+        "tasks": [asdict(s) for s in specs],
+        "charset": "".join(CHARSET),
+    }
+
+
+def cache_root(cfg: ModelConfig) -> Path:
+    root = cfg.cache_dir or os.environ.get("TASKGRAD_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "taskgrad"
+
+
+def ensure_tiny_model(
+    cfg: ModelConfig, specs: list[TaskSpec], tasks: list[Task], log=print
+) -> Path:
+    """Path of the cached tiny model for this recipe, building it first if needed."""
+    recipe = tiny_recipe(cfg, specs)
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_root(cfg) / "tiny" / key
+    if (path / "recipe.json").exists():
+        return path
+    log(f"building the tiny model (recipe {key}): warm start of {cfg.tiny.warmstart_steps} steps")
+    quiet_transformers()
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, cfg.tiny, seed=cfg.tiny.warmstart_seed)
+    with torch.device("cpu"):
+        metrics = warm_start(model, tokenizer, tasks, cfg.tiny)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{key}-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    # recipe.json last: its presence marks a complete directory; the rename makes it atomic.
+    (tmp / "recipe.json").write_text(json.dumps({**recipe, **metrics}, indent=2))
+    try:
+        tmp.rename(path)
+    except OSError:  # another process built it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def resolve_model_path(
+    cfg: ModelConfig, specs: list[TaskSpec], tasks: list[Task], log=print
+) -> str:
+    if cfg.name_or_path == TINY:
+        return str(ensure_tiny_model(cfg, specs, tasks, log))
+    return cfg.name_or_path
+
+
+def quiet_transformers() -> None:
+    """No per-shard progress bars or advisory warnings in the middle of the training display."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_policy(path: str, cfg: ModelConfig):
+    """Model and tokenizer through ``from_pretrained``: a hub id, a local path or the tiny model."""
+    quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"  # generation appends on the right
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model, tokenizer
+
+
+def format_prompts(tokenizer, prompts: list[str], chat_template: str) -> list[str]:
+    """Apply the tokenizer's chat template when it has one (and the config allows it)."""
+    if chat_template == "never" or not getattr(tokenizer, "chat_template", None):
+        return prompts
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in prompts
+    ]

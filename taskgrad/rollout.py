@@ -1,0 +1,134 @@
+"""Sampling completions: the batch layout every later phase reads.
+
+A ``Rollout`` holds B prompts x G completions, each prompt's completions adjacent, every sequence
+tagged with its task index and prompt index. Token layout per row: the left-padded prompt, then
+the completion, padded on the right after the first EOS:
+
+    [pad pad <s> p r o m p t | c o m p l e t i o n </s> pad pad]
+     <------- prompt_len ----> <---------- max_new ----------->
+
+``response_mask`` marks the completion's tokens up to and including its EOS. The backend is
+``transformers.generate`` (vLLM can slot in behind the same function later).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from taskgrad.policy import format_prompts, position_ids_from_mask
+from taskgrad.tasks import Sample
+
+
+@dataclass
+class Rollout:
+    samples: list[Sample]  # [B] prompts
+    group_size: int  # G
+    task_index: torch.Tensor  # [B*G] index into the run's task list
+    prompt_index: torch.Tensor  # [B*G] index into samples
+    input_ids: torch.Tensor  # [B*G, P+L]
+    attention_mask: torch.Tensor  # [B*G, P+L]
+    response_mask: torch.Tensor  # [B*G, L] float, 1 on completion tokens incl. EOS
+    completions: list[str]  # [B*G] decoded completions (without EOS)
+    prompt_len: int  # P
+    prompt_tokens: torch.Tensor  # [B*G] real prompt tokens per row
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_len :]  # [B*G, L]
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        return position_ids_from_mask(self.attention_mask)
+
+    def rows(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model inputs of a subset of rows (a micro-batch)."""
+        return {
+            "input_ids": self.input_ids[index],
+            "attention_mask": self.attention_mask[index],
+            "position_ids": self.position_ids[index],
+        }
+
+
+def response_mask_from_ids(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS; a completion without EOS keeps all its tokens."""
+    is_eos = completion_ids == eos_id  # [N, L]
+    # Tokens strictly after the first EOS: cumulative count of EOS seen before this position > 0.
+    after_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
+    return (~after_eos).float()
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    samples: list[Sample],
+    task_index: list[int],
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    chat_template: str = "auto",
+    max_prompt_tokens: int = 512,
+    generation_batch: int = 256,
+    greedy: bool = False,
+) -> Rollout:
+    """Sample ``group_size`` completions for each of ``samples`` (seeded, so reproducible)."""
+    device = next(model.parameters()).device
+    texts = format_prompts(tokenizer, [s.prompt for s in samples], chat_template)
+    templated = chat_template != "never" and bool(getattr(tokenizer, "chat_template", None))
+    enc = tokenizer(
+        texts,
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_prompt_tokens,
+        add_special_tokens=not templated,  # a chat template already holds its BOS
+    )
+    ids = enc["input_ids"].repeat_interleave(group_size, dim=0)  # [B*G, P]
+    mask = enc["attention_mask"].repeat_interleave(group_size, dim=0)  # [B*G, P]
+    torch.manual_seed(seed)
+    chunks = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, ids.shape[0], generation_batch):
+        sl = slice(start, start + generation_batch)
+        out = model.generate(
+            input_ids=ids[sl].to(device),
+            attention_mask=mask[sl].to(device),
+            do_sample=not greedy,
+            temperature=temperature if not greedy else None,
+            top_p=top_p if not greedy else None,
+            top_k=0 if not greedy else None,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        gen = out[:, ids.shape[1] :].cpu()
+        if gen.shape[1] < max_new_tokens:  # every row stopped early
+            fill = torch.full((gen.shape[0], max_new_tokens - gen.shape[1]), tokenizer.pad_token_id)
+            gen = torch.cat([gen, fill], dim=1)
+        chunks.append(gen)
+    model.train(was_training)
+    completion_ids = torch.cat(chunks)  # [B*G, L]
+    response_mask = response_mask_from_ids(completion_ids, tokenizer.eos_token_id)
+    completions = [
+        tokenizer.decode(row[: int(m.sum())], skip_special_tokens=True)
+        for row, m in zip(completion_ids, response_mask, strict=True)
+    ]
+    n = len(samples)
+    return Rollout(
+        samples=samples,
+        group_size=group_size,
+        task_index=torch.tensor(task_index).repeat_interleave(group_size),
+        prompt_index=torch.arange(n).repeat_interleave(group_size),
+        input_ids=torch.cat([ids, completion_ids], dim=1),
+        attention_mask=torch.cat([mask, response_mask.long()], dim=1),
+        response_mask=response_mask,
+        completions=completions,
+        prompt_len=ids.shape[1],
+        prompt_tokens=mask.sum(dim=1),
+    )
