@@ -121,12 +121,16 @@ class DiagnosticsConfig:
 class Config:
     seed: int = 0
     steps: int = 80  # training steps (rollout batches)
+    # The paper's heterogeneous mix (Code, Countdown, MATH, FinQA), sized for the tiny model.
     tasks: list[TaskSpec] = field(
         default_factory=lambda: [
             TaskSpec("code"),
-            TaskSpec("countdown"),
-            TaskSpec("arithmetic"),
-            TaskSpec("table_qa"),
+            TaskSpec("countdown", options={"num_numbers": 2}),
+            TaskSpec("arithmetic", options={"num_operands": 2}),
+            TaskSpec(
+                "table_qa",
+                options={"max_value": 9, "questions": ["add", "sub", "max", "min"]},
+            ),
         ]
     )
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -27,9 +27,10 @@ from taskgrad.tasks import Task
 
 TINY = "tiny"
 # Bump when the tiny model's construction or warm start changes, to invalidate caches.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 # Printable ASCII and newline: every prompt and answer of the procedural tasks.
 CHARSET = [chr(c) for c in range(32, 127)] + ["\n"]
+CHAR_TOKENIZER = "char-v1"
 SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
@@ -48,7 +49,10 @@ def build_char_tokenizer() -> PreTrainedTokenizerBase:
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", special_tokens=[(bos, vocab[bos])]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", **SPECIAL)
+    # The marker lands in tokenizer_config.json, so loading can pick the right class (below).
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, padding_side="left", taskgrad_tokenizer=CHAR_TOKENIZER, **SPECIAL
+    )
 
 
 def build_tiny_model(tokenizer: PreTrainedTokenizerBase, cfg: TinyModelConfig, seed: int):
@@ -192,10 +196,27 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """AutoTokenizer, except for the tiny model's character tokenizer.
+
+    AutoTokenizer picks the tokenizer class from the model type when the two disagree, and a
+    Qwen2 BPE tokenizer class built from our character vocabulary silently drops every space
+    and newline. The character tokenizer marks itself in tokenizer_config.json.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    config = Path(path) / "tokenizer_config.json"
+    if config.exists():
+        marker = json.loads(config.read_text()).get("taskgrad_tokenizer")
+        if marker == CHAR_TOKENIZER:
+            return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
 def load_policy(path: str, cfg: ModelConfig):
     """Model and tokenizer through ``from_pretrained``: a hub id, a local path or the tiny model."""
     quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
     tokenizer.padding_side = "left"  # generation appends on the right
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

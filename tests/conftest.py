@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from taskgrad.config import TinyModelConfig
 from taskgrad.policy import build_char_tokenizer, build_tiny_model
@@ -20,3 +21,13 @@ def small_model(tokenizer):
     )
     model = build_tiny_model(tokenizer, cfg, seed=0)
     return model.double()  # float64: identities can then be checked to 1e-10
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA; elsewhere they are skipped, with the reason shown."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,130 @@
+"""The policy path: any model directory through from_pretrained, chat templates, the tiny cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from taskgrad.config import ModelConfig, TaskSpec, TinyModelConfig, load_config
+from taskgrad.policy import (
+    build_char_tokenizer,
+    build_tiny_model,
+    ensure_tiny_model,
+    format_prompts,
+    load_policy,
+)
+from taskgrad.rollout import generate, response_mask_from_ids
+from taskgrad.tasks.factory import build_tasks
+from taskgrad.train import train
+
+TINY = TinyModelConfig(
+    hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+    warmstart_steps=5, warmstart_batch=8,
+)  # fmt: skip
+CHAT = (
+    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+
+
+def test_char_tokenizer_round_trip(tmp_path):
+    tok = build_char_tokenizer()
+    text = "f(x): mul 3 add 1; f(2)=7:\n{}~"
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and len(ids) == len(text) + 1
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    tok.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(text)["input_ids"] == ids
+
+
+def test_response_mask_stops_after_first_eos():
+    eos = 2
+    ids = torch.tensor([[5, 6, eos, 0, 0], [5, eos, 7, eos, 0], [5, 6, 7, 8, 9]])
+    # up to and including the first EOS; a row without EOS keeps every token
+    assert response_mask_from_ids(ids, eos).tolist() == [
+        [1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1],
+    ]
+
+
+def test_tiny_model_is_cached_by_recipe(tmp_path):
+    cfg = ModelConfig(cache_dir=str(tmp_path), tiny=TINY)
+    specs = [TaskSpec("arithmetic")]
+    tasks = build_tasks(specs, eval_size=4, seed=0)
+    first = ensure_tiny_model(cfg, specs, tasks, log=lambda *_: None)
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert ensure_tiny_model(cfg, specs, tasks, log=lambda *_: None) == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
+    recipe = json.loads((first / "recipe.json").read_text())
+    assert recipe["tiny"]["warmstart_steps"] == 5
+    cfg.tiny = TinyModelConfig(**{**recipe["tiny"], "warmstart_steps": 6})
+    assert ensure_tiny_model(cfg, specs, tasks, log=lambda *_: None) != first  # recipe changed
+
+
+@pytest.fixture
+def chat_model_dir(tmp_path):
+    """A tiny model saved as an ordinary directory whose tokenizer has a chat template."""
+    tok = build_char_tokenizer()
+    tok.chat_template = CHAT
+    model = build_tiny_model(tok, TINY, seed=0)
+    path = tmp_path / "chat-model"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_chat_template_is_applied_when_present(chat_model_dir):
+    model, tok = load_policy(str(chat_model_dir), ModelConfig())
+    assert tok.padding_side == "left"
+    [text] = format_prompts(tok, ["2+2="], "auto")
+    assert text == "[user] 2+2=\n[assistant] "
+    assert format_prompts(tok, ["2+2="], "never") == ["2+2="]
+    from taskgrad.tasks import Sample
+
+    rollout = generate(
+        model, tok, [Sample("arithmetic", "2+2=", "4")], [0], group_size=3, max_new_tokens=4,
+        temperature=1.0, top_p=1.0, seed=0,
+    )  # fmt: skip
+    prompt = tok.decode(rollout.input_ids[0, : rollout.prompt_len], skip_special_tokens=True)
+    assert prompt == "[user] 2+2=\n[assistant] "
+    assert rollout.input_ids.shape == (3, rollout.prompt_len + 4)
+
+
+def test_training_a_model_given_by_path(tmp_path, chat_model_dir):
+    """The code path of a hub id: `model=<dir>` loads through from_pretrained, no tiny build."""
+    overrides = [
+        f"model={chat_model_dir}", "tasks=arithmetic", "steps=2", "rollout.prompts_per_task=2",
+        "rollout.group_size=2", "rollout.max_new_tokens=4", "eval.every=0", "progress=false",
+        "diagnostics.probe_every=0", f"runs_root={tmp_path}/runs",
+    ]  # fmt: skip
+    run = train(load_config(None, overrides))
+    versions = json.loads((run / "versions.json").read_text())
+    assert versions["model_path"] == str(chat_model_dir)
+    assert (run / "checkpoints" / "step_000002" / "model.safetensors").exists()
+
+
+@pytest.mark.gpu
+def test_default_mix_on_cuda(tmp_path):
+    overrides = [
+        "device=cuda", "model.dtype=bfloat16", "steps=2", "eval.every=0", "progress=false",
+        f"runs_root={tmp_path}", f"model.cache_dir={tmp_path}/cache",
+    ]  # fmt: skip
+    run = train(load_config(None, overrides))
+    assert json.loads((run / "versions.json").read_text())["device"].startswith("cuda")
+
+
+def test_saved_tiny_model_keeps_spaces_and_newlines(tmp_path):
+    """Regression: AutoTokenizer on a Qwen2 model dir picked a BPE class that dropped spaces."""
+    tok = build_char_tokenizer()
+    build_tiny_model(tok, TINY, seed=0).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    _, loaded = load_policy(str(tmp_path), ModelConfig())
+    text = "make 13 from 3 5 2:\na=3 b=7"
+    assert loaded(text)["input_ids"] == tok(text)["input_ids"]
+    assert loaded.decode(loaded(text)["input_ids"], skip_special_tokens=True) == text

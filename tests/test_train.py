@@ -1,0 +1,153 @@
+"""End to end: the CLI on the tiny model, the run directory, parameters changing, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from taskgrad.config import load_config
+from taskgrad.train import train
+
+SMALL = [
+    "steps=4",
+    "rollout.prompts_per_task=2",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=6",
+    "model.tiny.hidden_size=32",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.num_layers=2",
+    "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=1",
+    "model.tiny.warmstart_steps=30",
+    "model.tiny.warmstart_batch=16",
+    "eval.every=2",
+    "eval.size=8",
+    "diagnostics.probe_every=2",
+    "diagnostics.probe_size=4",
+    "diagnostics.probe_samples=2",
+    "diagnostics.gain_window=1",
+    "checkpoint_every=2",
+    "keep_checkpoints=3",
+    "optim.lr=1e-3",
+    "progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_cli_default_tasks_smoke(tmp_path, cache):
+    """`taskgrad train` with the default four tasks: run dir complete, parameters changed."""
+    run_dir = tmp_path / "run"
+    args = [
+        *SMALL,
+        f"model.cache_dir={cache}",
+        "diagnostics.transfer_at=[2]",
+        "diagnostics.one_step_at=[3]",
+    ]
+    cmd = [sys.executable, "-m", "taskgrad.cli", "train", *args, "--run-dir", str(run_dir)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "held-out acc start" in out.stdout
+    for name in ("config.yaml", "versions.json", "metrics.jsonl", "summary.json"):
+        assert (run_dir / name).exists(), name
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert [t["name"] for t in cfg["tasks"]] == ["code", "countdown", "arithmetic", "table_qa"]
+    versions = json.loads((run_dir / "versions.json").read_text())
+    assert versions["torch"] == torch.__version__
+    recs = records(run_dir)
+    assert [r["step"] for r in recs] == [0, 1, 2, 3, 4]
+    for task in cfg["tasks"]:
+        name = task["name"]
+        assert 0.0 <= recs[1][f"task/{name}/reward"] <= 1.0
+        for key in ("sqnorm_unbiased", "sqnorm_naive", "update_share", "adam_share"):
+            assert f"grad/full/{name}/{key}" in recs[1]
+        assert f"eval/{name}/accuracy" in recs[0] and f"eval/{name}/accuracy" in recs[4]
+        assert f"gain/{name}/probe" in recs[2] and f"gain/{name}/one_step" in recs[3]
+        assert f"transfer/code__{name}" in recs[2]
+    shares = [recs[1][f"grad/full/{t['name']}/update_share"] for t in cfg["tasks"]]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-6)
+    # parameters changed: the checkpoint differs from the warm-started model it started from
+    ckpt = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
+    start = load_file(f"{versions['model_path']}/model.safetensors")
+    end = load_file(f"{ckpt}/model.safetensors")
+    changed = [k for k in start if not torch.equal(start[k], end[k])]
+    assert len(changed) > len(start) // 2
+
+
+def test_cli_bad_config_is_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "taskgrad.cli", "train", "optim.lrr=1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "error: config: unknown key 'optim.lrr'; valid: lr, weight_decay, betas, eps, "
+        "max_grad_norm, schedule, warmup_steps"
+    )
+
+
+def test_cli_malformed_dataset_is_one_line(tmp_path):
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{not json\n')
+    task = f"tasks=[{{name: mine, type: dataset, options: {{path: '{bad}', reward: exact}}}}]"
+    cmd = [sys.executable, "-m", "taskgrad.cli", "train", task, f"runs_root={tmp_path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "rows.jsonl:2" in lines[0], out.stderr
+
+
+def _without_time(recs):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in recs]
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_repeats_the_uninterrupted_run(tmp_path, cache, monkeypatch):
+    overrides = [*SMALL, f"model.cache_dir={cache}", "tasks=arithmetic,table_qa"]
+    cfg = load_config(None, overrides)
+    full = train(cfg, tmp_path / "full")
+
+    import taskgrad.train as loop
+
+    real_step = loop.train_step
+
+    def crashing_step(trainer, step):
+        if step == 4:
+            raise KeyboardInterrupt("preempted")
+        return real_step(trainer, step)
+
+    monkeypatch.setattr(loop, "train_step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(None, overrides), tmp_path / "cut")
+    monkeypatch.setattr(loop, "train_step", real_step)
+    cut = tmp_path / "cut"
+    assert [r["step"] for r in records(cut)] == [0, 1, 2, 3]  # step 3 logged, checkpoint at 2
+    assert train(load_config(None, overrides), cut, resume=True) == cut
+    a, b = _without_time(records(full)), _without_time(records(cut))
+    assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b, strict=True):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            x, y = ra[key], rb[key]
+            if (
+                isinstance(x, float)
+                and isinstance(y, float)
+                and not (math.isnan(x) and math.isnan(y))
+            ):
+                assert x == pytest.approx(y, rel=1e-5, abs=1e-9), (ra["step"], key)
+            else:
+                assert x == y, (ra["step"], key)
