@@ -42,7 +42,7 @@ class TinyModelConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 384
-    warmstart_steps: int = 700  # supervised steps on task demonstrations
+    warmstart_steps: int = 250  # supervised steps on task demonstrations
     warmstart_batch: int = 64  # sequences per warm-start step
     warmstart_lr: float = 3e-3
     warmstart_seed: int = 1234
@@ -63,7 +63,7 @@ class ModelConfig:
 class RolloutConfig:
     backend: Literal["transformers"] = "transformers"  # sampling engine
     group_size: int = 8  # G: completions per prompt
-    prompts_per_task: int = 4  # prompts of each task per step, before mixture weights
+    prompts_per_task: int = 8  # prompts of each task per step, before mixture weights
     max_new_tokens: int = 12  # completion length limit, in tokens
     temperature: float = 1.0
     top_p: float = 1.0
@@ -95,7 +95,7 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 20  # held-out evaluation every N steps (and at start and end); 0 disables
+    every: int = 25  # held-out evaluation every N steps (and at start and end); 0 disables
     size: int = 64  # held-out prompts per task
     max_new_tokens: int | None = None  # default: rollout.max_new_tokens
 
@@ -118,15 +118,23 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class BalanceConfig:
+    """Gradient-level correction between tasks (taskgrad/balancing)."""
+
+    strategy: str = "uniform"  # a registered strategy; uniform is plain multi-task GRPO
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the strategy
+
+
+@dataclass
 class Config:
     seed: int = 0
-    steps: int = 80  # training steps (rollout batches)
+    steps: int = 150  # training steps (rollout batches)
     # The paper's heterogeneous mix (Code, Countdown, MATH, FinQA), sized for the tiny model.
     tasks: list[TaskSpec] = field(
         default_factory=lambda: [
             TaskSpec("code"),
             TaskSpec("countdown", options={"num_numbers": 2}),
-            TaskSpec("arithmetic", options={"num_operands": 2}),
+            TaskSpec("arithmetic", options={"num_operands": 2, "max_operand": 20, "ops": "+-"}),
             TaskSpec(
                 "table_qa",
                 options={"max_value": 9, "questions": ["add", "sub", "max", "min"]},
@@ -139,9 +147,10 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
     runs_root: str = "runs"  # run directories are created under it
     run_name: str | None = None  # default: <time>-<preset>-s<seed>
-    checkpoint_every: int = 20  # steps between checkpoints (the last step always saves)
+    checkpoint_every: int = 25  # steps between checkpoints (the last step always saves)
     keep_checkpoints: int = 1  # how many recent checkpoints to keep
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True  # show a progress bar
@@ -351,6 +360,18 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"tasks[{i}].weight: must be positive, got {spec.weight!r}")
     if cfg.diagnostics.every <= 0:
         raise ConfigError(f"diagnostics.every: must be positive, got {cfg.diagnostics.every!r}")
+    from taskgrad.balancing import STRATEGIES
+
+    if cfg.balance.strategy not in STRATEGIES:
+        valid = ", ".join(STRATEGIES)
+        raise ConfigError(f"balance.strategy: unknown strategy {cfg.balance.strategy!r}; valid: {valid}")
+    if cfg.balance.strategy != "uniform":
+        d = cfg.diagnostics
+        if not d.enabled or d.every != 1 or d.scope != "full":
+            raise ConfigError(
+                "balance.strategy: a balancing strategy needs the group gradients of every step: "
+                "diagnostics.enabled=true, diagnostics.every=1, diagnostics.scope=full"
+            )
     if cfg.eval.every < 0:
         raise ConfigError(f"eval.every: must be >= 0, got {cfg.eval.every!r}")
     return cfg

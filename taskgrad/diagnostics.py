@@ -29,6 +29,7 @@ probe_k(theta), paired on the same probe prompts and sampling seeds.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -83,24 +84,33 @@ def scope_metrics(
     return out
 
 
+@dataclass
+class GradSnapshot:
+    """The step's group Grams, as computed once for the strategy and the diagnostics."""
+
+    grams: torch.Tensor  # [n_params, M, M] per-parameter group Gram, float64
+    shares: torch.Tensor  # [K, 2] s_kh
+    weights: torch.Tensor  # [K] the strategy's multipliers on each task's contribution
+
+
 def gradient_metrics(
-    trainer: Trainer, rollout: Rollout, half: list[int], before: torch.Tensor | None
+    trainer: Trainer, snapshot: GradSnapshot, before: torch.Tensor | None
 ) -> dict[str, float]:
     """All gradient diagnostics of this step, from the captured group gradients."""
     groups, cfg = trainer.groups, trainer.cfg
     tasks = [t.name for t in trainer.tasks]
-    shares = half_shares(trainer, rollout, half)  # [K, 2]
-    grams = groups.param_grams()  # [n_params, M, M]
+    grams, shares, weights = snapshot.grams, snapshot.shares, snapshot.weights
     members = scope_members(groups.names, cfg.diagnostics.breakdown)
     if cfg.diagnostics.scope != "full":  # buffers hold the scope only: no "full" to speak of
-        members = {cfg.diagnostics.scope: members.pop("full")}
+        name = "proxy" if cfg.diagnostics.scope == "proxy" else "custom"  # custom: a regex scope
+        members = {name: members.pop("full")}
     main = next(iter(members))
     out: dict[str, float] = {}
     for k, task in enumerate(tasks):
         out[f"grad/{main}/{task}/task_weight"] = float(shares[k].sum())
     unbiased = {}
     for name, idx in members.items():
-        stats = task_statistics(grams[idx].sum(0), shares)
+        stats = task_statistics(grams[idx].sum(0), shares, weights)
         is_main = name in (main, "proxy")
         out.update(
             scope_metrics(name, stats, tasks, MAIN_STATS if is_main else BREAKDOWN_STATS, is_main)
@@ -109,7 +119,7 @@ def gradient_metrics(
     if "proxy" in unbiased and main == "full":
         out["grad/proxy_agreement/spearman"] = spearman(unbiased["full"], unbiased["proxy"])
     if cfg.diagnostics.optimizer_geometry and before is not None:
-        out.update(adam_metrics(trainer, shares, before, main, tasks))
+        out.update(adam_metrics(trainer, snapshot, before, main, tasks))
     return out
 
 
@@ -126,12 +136,12 @@ def preconditioner(trainer: Trainer) -> torch.Tensor:
     return trainer.groups.flat(parts)
 
 
-def adam_metrics(trainer, shares, before, main, tasks) -> dict[str, float]:
-    groups = trainer.groups
+def adam_metrics(trainer, snapshot: GradSnapshot, before, main, tasks) -> dict[str, float]:
+    groups, weights = trainer.groups, snapshot.weights
     precond = preconditioner(trainer)  # [P]
-    stats = task_statistics(groups.param_grams(weight=precond).sum(0), shares)
+    stats = task_statistics(groups.param_grams(weight=precond).sum(0), snapshot.shares, weights)
     delta = snapshot_scope(trainer) - before  # [P]  the applied update
-    dots = groups.dots(delta).view(len(tasks), 2).sum(1)  # [K]  <G_k, dtheta>
+    dots = groups.dots(delta).view(len(tasks), 2).sum(1) * weights  # [K]  <w_k G_k, dtheta>
     total = dots.sum()
     out: dict[str, float] = {}
     for k, task in enumerate(tasks):
@@ -152,6 +162,16 @@ def snapshot_scope(trainer: Trainer) -> torch.Tensor | None:
 
 
 # --- learning gains ----------------------------------------------------------------------------
+
+
+def latest_gains(trainer: Trainer) -> torch.Tensor:
+    """The most recent windowed gain per task, [K] (NaN before 2s steps), for strategies."""
+    s = trainer.cfg.diagnostics.gain_window
+    out = []
+    for task in trainer.tasks:
+        r = trainer.history[task.name]
+        out.append(sum(r[-s:]) / s - sum(r[-2 * s : -s]) / s if s > 0 and len(r) >= 2 * s else math.nan)
+    return torch.tensor(out, dtype=torch.float64)
 
 
 def gain_metrics(trainer: Trainer, step: int) -> dict[str, float]:
@@ -269,7 +289,8 @@ def transfer_matrix(trainer, before: dict[str, torch.Tensor], params_before) -> 
     params_after = [p.detach().clone() for _, p in groups.params]
     out = {}
     for j, task_j in enumerate(trainer.tasks):
-        g_j = groups.buffer[2 * j] + groups.buffer[2 * j + 1]  # [P]  G_j
+        w_j = float(trainer.task_weights[j]) if trainer.task_weights is not None else 1.0
+        g_j = w_j * (groups.buffer[2 * j] + groups.buffer[2 * j + 1])  # [P]  w_j G_j
         delta = -lr * (1 - beta1) / (1 - beta1**t) * trainer.clip_coef * precond * g_j
         for (_, p), p0, lo, hi in zip(
             groups.params, params_before, groups.offsets[:-1], groups.offsets[1:], strict=True

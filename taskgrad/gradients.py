@@ -118,9 +118,21 @@ class GroupGradients:
                 p.grad = None
         self.present[group] = True
 
-    def restore_sum(self) -> None:
-        """Set ``.grad`` of in-scope parameters to the sum of the group gradients."""
-        total = self.buffer.sum(0)  # [P]
+    def restore_sum(self, weights: torch.Tensor | None = None) -> None:
+        """Set ``.grad`` of in-scope parameters to the (weighted) sum of the group gradients.
+
+        ``weights`` is [M] (one multiplier per group) or [n_params, M] (per parameter, for
+        per-module strategies); None is the plain sum, the ordinary full-batch gradient.
+        """
+        if weights is None:
+            total = self.buffer.sum(0)  # [P]
+        elif weights.dim() == 1:
+            total = weights.to(self.buffer) @ self.buffer  # [P]
+        else:
+            total = torch.cat([
+                weights[i].to(self.buffer) @ self.buffer[:, lo:hi]
+                for i, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:], strict=True))
+            ])  # fmt: skip
         for (_, p), lo, hi in zip(self.params, self.offsets[:-1], self.offsets[1:], strict=True):
             p.grad = total[lo:hi].view_as(p).to(p.dtype)
 
@@ -175,10 +187,15 @@ def _inv(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > 0, 1.0 / x.clamp(min=1e-300), torch.full_like(x, math.nan))
 
 
-def task_statistics(gram: torch.Tensor, shares: torch.Tensor) -> dict[str, torch.Tensor]:
+def task_statistics(
+    gram: torch.Tensor, shares: torch.Tensor, weights: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Everything the diagnostics need from one group Gram.
 
-    gram: [2K, 2K] with group m = 2k + h; shares: [K, 2] (s_kh). Returns tensors:
+    gram: [2K, 2K] with group m = 2k + h; shares: [K, 2] (s_kh); weights: [K] multipliers a
+    balancing strategy applied to each task's contribution (None: ones). The task gradients'
+    norms and cosines never depend on the weights; the update shares are of the applied update
+    sum_k w_k G_k. Returns tensors:
     sqnorm_unbiased [K], sqnorm_naive [K], noise [K], inner [K, K] (<g_j, g_k>, unbiased off the
     diagonal), cos [K, K], update_share [K], contribution_sqnorm [K] (||G_k||^2), total_sqnorm [].
     Tasks that are absent, or have one half empty, get NaN where the estimate needs them.
@@ -196,6 +213,9 @@ def task_statistics(gram: torch.Tensor, shares: torch.Tensor) -> dict[str, torch
     root = torch.where(unbiased > 0, unbiased.clamp(min=0).sqrt(), torch.nan)
     cos = inner / (root[:, None] * root[None, :])  # [K, K]
     cos.diagonal().copy_(torch.where(unbiased > 0, 1.0, torch.nan))
+    if weights is not None:
+        w = weights.double()
+        contrib = contrib * w[:, None] * w[None, :]  # <w_j G_j, w_k G_k>
     total = contrib.sum()
     share = contrib.sum(1) / total if total > 0 else torch.full((k,), math.nan)
     return {

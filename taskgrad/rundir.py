@@ -112,6 +112,9 @@ class RunDir:
             "scheduler": trainer.scheduler.state_dict(),
             "history": dict(trainer.history),
             "probe_last": trainer.probe_last,
+            "strategy": trainer.strategy.state_dict(),
+            "sampling": trainer.sampling,
+            "task_weights": trainer.task_weights,
         }
         torch.save(state, tmp / "trainer.pt")
         shutil.rmtree(target, ignore_errors=True)

@@ -19,7 +19,10 @@ from pathlib import Path
 import torch
 
 from taskgrad import diagnostics as diag
+from taskgrad.balancing import TaskGradStats
+from taskgrad.balancing.base import prompt_counts
 from taskgrad.config import Config
+from taskgrad.gradients import scope_members
 from taskgrad.grpo import group_advantages, logprobs_and_entropy, policy_loss, token_weights
 from taskgrad.rollout import Rollout, generate
 from taskgrad.tasks import Sample
@@ -28,18 +31,27 @@ from taskgrad.trainer import Trainer, setup
 # --- phase: sample prompts --------------------------------------------------------------------
 
 
-def prompts_per_task(cfg: Config) -> list[int]:
-    """Uniform over tasks by default; mixture weights scale each task's prompt count."""
+def prompts_per_task(cfg: Config, sampling: torch.Tensor | None = None) -> list[int]:
+    """Uniform over tasks by default; mixture weights scale each task's prompt count.
+
+    A sampling strategy's probabilities redistribute the same total (same compute), keeping at
+    least two prompts per task when possible so that every task stays measurable.
+    """
     weights = [t.weight for t in cfg.tasks]
     k, total = len(weights), sum(weights)
-    return [max(1, round(cfg.rollout.prompts_per_task * k * w / total)) for w in weights]
+    counts = [max(1, round(cfg.rollout.prompts_per_task * k * w / total)) for w in weights]
+    if sampling is None:
+        return counts
+    n = sum(counts)
+    return prompt_counts(sampling, n, minimum=2 if n >= 2 * k else 1)
 
 
 def sample_prompts(trainer: Trainer, step: int) -> tuple[list[Sample], list[int], list[int]]:
     """Prompts of every task, their task index, and their half (0/1) for the split estimators."""
     rng = random.Random(f"{trainer.cfg.seed}/prompts/{step}")
     samples, task_index, half = [], [], []
-    for k, (task, n) in enumerate(zip(trainer.tasks, prompts_per_task(trainer.cfg), strict=True)):
+    counts = prompts_per_task(trainer.cfg, trainer.sampling)
+    for k, (task, n) in enumerate(zip(trainer.tasks, counts, strict=True)):
         drawn = [task.sample(rng) for _ in range(n)]
         # Halves split prompts, never completions: a prompt's G completions share a baseline.
         order = list(range(n))
@@ -108,8 +120,8 @@ def backward_groups(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Backward over every group; returns per-row sums (entropy, clipped tokens, KL) and logprobs.
 
-    With ``capture``, each group's in-scope gradient goes to ``trainer.groups`` and ``.grad``
-    is set to their sum at the end — the same gradient as without capture.
+    With ``capture``, each group's in-scope gradient goes to ``trainer.groups``; ``.grad`` of
+    those parameters stays empty until ``balance_step`` sets it to the (weighted) sum.
     """
     cfg, model = trainer.cfg, trainer.model
     n_rows, n_new = rollout.response_mask.shape
@@ -146,8 +158,6 @@ def backward_groups(
         logprobs_all[rows] = logprobs.detach().float().cpu()
         if capture and last_of_group:
             trainer.groups.close_group(group)
-    if capture:
-        trainer.groups.restore_sum()
     return sums, logprobs_all
 
 
@@ -187,29 +197,67 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
         rewards, metrics = score(trainer, rollout)
     advantages = group_advantages(rewards, cfg.rollout.group_size, cfg.grpo.scale_rewards)
     measure = trainer.groups is not None and (step - 1) % cfg.diagnostics.every == 0
+    balancing = cfg.balance.strategy != "uniform"
     old_logprobs = None
     for inner in range(cfg.grpo.inner_updates):
-        capture = measure and inner == 0  # the first, on-policy update is the one measured
+        # The first, on-policy update is the one measured; a strategy balances every update.
+        capture = measure and (inner == 0 or balancing)
         with timer("backward"):
-            sums, logprobs = backward_groups(
-                trainer, rollout, half, advantages, old_logprobs, capture
-            )
-        old_logprobs = logprobs if inner == 0 else old_logprobs
-        before = diag.snapshot_scope(trainer) if capture else None
-        with timer("optimizer"):
-            metrics.update(optimizer_step_with_hooks(trainer, step, capture, half, rollout, before))
+            sums, logprobs = backward_groups(trainer, rollout, half, advantages, old_logprobs, capture)
         if inner == 0:
+            old_logprobs = logprobs
             metrics.update(rollout_metrics(trainer, rollout, rewards, advantages, sums))
+        snapshot = None
+        if capture:
+            with timer("balance"):
+                snapshot, info = balance_step(trainer, rollout, half, metrics, step)
+            metrics.update(info if inner == 0 else {})
+        snapshot = snapshot if inner == 0 else None
+        before = diag.snapshot_scope(trainer) if snapshot is not None else None
+        with timer("optimizer"):
+            metrics.update(optimizer_step_with_hooks(trainer, step, snapshot, before))
     metrics.update(timer.metrics())
     return metrics
 
 
-def optimizer_step_with_hooks(trainer, step, capture, half, rollout, before) -> dict[str, float]:
+def balance_step(trainer: Trainer, rollout: Rollout, half: list[int], metrics, step: int):
+    """Gram matrices of the captured groups -> strategy -> the combined gradient in ``.grad``."""
+    groups, tasks = trainer.groups, [t.name for t in trainer.tasks]
+    shares = diag.half_shares(trainer, rollout, half)  # [K, 2]
+    grams = groups.param_grams()  # [n_params, M, M]
+    members = scope_members(groups.names, breakdown=True)
+    inputs = TaskGradStats(
+        tasks=tasks, step=step, group_gram=grams.sum(0), shares=shares,
+        module_grams={name: grams[idx].sum(0) for name, idx in members.items()},
+        stats={s: torch.tensor([metrics.get(f"task/{t}/{s}", math.nan) for t in tasks])
+               for s in ("reward", "abs_advantage", "zero_adv_share", "response_length")},
+        gains=diag.latest_gains(trainer),
+    )  # fmt: skip
+    balance = trainer.strategy(inputs)
+    weights = balance.task_weights.double()  # [K]
+    if balance.module_weights:
+        per_param = weights.repeat_interleave(2).repeat(len(groups.names), 1)  # [n_params, M]
+        for scope, w in balance.module_weights.items():
+            per_param[members[scope]] = w.double().repeat_interleave(2)
+        groups.restore_sum(per_param)
+    elif torch.all(weights == 1):
+        groups.restore_sum()  # exactly the plain full-batch gradient
+    else:
+        groups.restore_sum(weights.repeat_interleave(2))
+    if balance.sampling is not None:
+        trainer.sampling = balance.sampling.double()
+    trainer.task_weights = weights
+    info = {f"balance/{t}/weight": float(w) for t, w in zip(tasks, weights, strict=True)}
+    info.update({f"balance/{k}": float(v) for k, v in balance.info.items()})
+    return diag.GradSnapshot(grams=grams, shares=shares, weights=weights), info
+
+
+def optimizer_step_with_hooks(trainer, step, snapshot, before) -> dict[str, float]:
     """The optimizer step, with the one-step/transfer probes and gradient diagnostics around it."""
-    metrics = diag.before_update(trainer, step, capture)
+    metrics = diag.before_update(trainer, step, snapshot is not None)
     metrics.update(optimizer_step(trainer))
-    if capture:
-        metrics.update(diag.gradient_metrics(trainer, rollout, half, before))
+    if snapshot is not None:
+        metrics.update(diag.gradient_metrics(trainer, snapshot, before))
     metrics.update(diag.after_update(trainer, step))
     return metrics
 
@@ -228,6 +276,7 @@ def rollout_metrics(trainer, rollout, rewards, advantages, sums) -> dict[str, fl
         r = rewards[rows]
         n_tok = lengths[rows].sum().clamp(min=1)
         stats = {
+            "prompts": prompts.sum(),
             "reward": r.mean(),
             "accuracy": (r >= 1.0).float().mean(),
             "reward_var": (r.mean() * (1 - r.mean())),

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from taskgrad.config import Config
+from taskgrad.balancing import STRATEGIES, Strategy
+from taskgrad.config import Config, ConfigError
 from taskgrad.gradients import GroupGradients
 from taskgrad.policy import load_policy, resolve_model_path
 from taskgrad.rundir import RunDir
@@ -34,7 +35,10 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     groups: GroupGradients | None
+    strategy: Strategy
     start_step: int = 1
+    sampling: torch.Tensor | None = None  # [K] task probabilities set by a sampling strategy
+    task_weights: torch.Tensor | None = None  # [K] the strategy's last multipliers
     history: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     probe_last: dict[str, torch.Tensor] = field(default_factory=dict)  # last probe rewards
     probe_before: tuple | None = None  # (probe rewards, in-scope params) just before an update
@@ -103,9 +107,14 @@ def setup(cfg: Config, run_dir: Path | None, resume: bool) -> Trainer:
     if cfg.diagnostics.enabled:
         unwrapped = accelerator.unwrap_model(model)
         groups = GroupGradients(unwrapped, cfg.diagnostics.scope, num_groups=2 * len(tasks))
+    try:
+        strategy = STRATEGIES.get(cfg.balance.strategy)(len(tasks), **cfg.balance.options)
+    except TypeError as e:
+        raise ConfigError(f"balance.options: {e}") from None
     trainer = Trainer(
         cfg=cfg, run=run, accelerator=accelerator, model=model, tokenizer=tokenizer,
         ref_model=ref_model, tasks=tasks, optimizer=optimizer, scheduler=scheduler, groups=groups,
+        strategy=strategy,
     )  # fmt: skip
     if resume:
         _restore(trainer, ckpts[-1])
@@ -123,5 +132,8 @@ def _restore(trainer: Trainer, ckpt: Path) -> None:
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.history = defaultdict(list, copy.deepcopy(state["history"]))
     trainer.probe_last = state.get("probe_last", {})
+    trainer.strategy.load_state_dict(state.get("strategy", {}))
+    trainer.sampling = state.get("sampling")
+    trainer.task_weights = state.get("task_weights")
     trainer.start_step = state["step"] + 1
     trainer.run.truncate_metrics(state["step"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -13,7 +14,23 @@ import yaml
 from safetensors.torch import load_file
 
 from taskgrad.config import load_config
+from taskgrad.tasks import TASKS, Reward, Sample, Task
 from taskgrad.train import train
+
+
+@TASKS.register("test_parity")
+class Parity(Task):
+    """Test-only: reward 1 when the first character's code is even, so that even an untrained
+    model gets rewards of about 1/2 and every group has non-zero advantages."""
+
+    name = "test_parity"
+
+    def generate(self, rng):
+        return Sample(self.name, f"{rng.randint(0, 99)}?", "0")
+
+    def reward(self, sample, completion):
+        return Reward(float(bool(completion) and ord(completion[0]) % 2 == 0))
+
 
 SMALL = [
     "steps=4",
@@ -151,3 +168,27 @@ def test_resume_after_interruption_repeats_the_uninterrupted_run(tmp_path, cache
                 assert x == pytest.approx(y, rel=1e-5, abs=1e-9), (ra["step"], key)
             else:
                 assert x == y, (ra["step"], key)
+
+
+@pytest.mark.slow
+def test_static_weights_silence_a_task_and_sampling_moves_prompts(tmp_path, cache):
+    parity = "tasks=[{name: left, type: test_parity}, {name: right, type: test_parity}]"
+    base = [*SMALL, f"model.cache_dir={cache}", parity, "steps=3", "eval.every=0"]
+    silenced = [*base, "balance.strategy=static", "balance.options={weights: [1.0, 0.0]}"]
+    static = train(load_config(None, silenced), tmp_path / "static")
+    for r in records(static):  # no evaluation: the records are steps 1..3
+        assert r["task/right/reward_var"] > 0  # both tasks have signal...
+        assert r["grad/full/right/sqnorm_naive"] > 0  # ...and are measured...
+        assert r["grad/full/right/update_share"] == pytest.approx(0.0, abs=1e-12)  # ...not applied
+        assert r["grad/full/left/update_share"] == pytest.approx(1.0, abs=1e-12)
+        assert r["balance/right/weight"] == 0.0
+
+    sampled = [*base, "balance.strategy=grad_proportional", "rollout.prompts_per_task=3"]
+    recs = records(train(load_config(None, sampled), tmp_path / "prop"))
+    assert [r["task/left/prompts"] + r["task/right/prompts"] for r in recs] == [6, 6, 6]
+    for before, after in itertools.pairwise(recs):
+        probs = [before[f"balance/sampling/{t}"] for t in ("left", "right")]
+        assert sum(probs) == pytest.approx(1.0)
+        # the next batch follows the probabilities: 2 prompts each, 2 more by largest remainder
+        expected = 2 + round(2 * probs[0])
+        assert after["task/left/prompts"] == expected
