@@ -1,9 +1,9 @@
 """Overhead of per-task gradient diagnostics: step time with diagnostics / without, one run.
 
 Every measured step is run three times from the same saved state (model, optimizer, scheduler):
-without diagnostics, with full-scope diagnostics, and with proxy-scope diagnostics. The three
-see the very same prompts, completions and micro-batches, so the ratios compare like with like
-and machine noise is shared. Probes, transfer matrices and evaluation are periodic extras, not
+without diagnostics, with full-scope diagnostics, and with proxy-scope diagnostics, in an order
+that rotates from step to step. The three see the very same prompts, completions and
+micro-batches, so the ratios compare like with like and machine noise is shared. Probes, transfer matrices and evaluation are periodic extras, not
 part of the step, and are off here.
 
     python benchmarks/diagnostics_overhead.py [steps=12] [key=value ...]
@@ -54,9 +54,12 @@ def main(argv: list[str]) -> None:
         times: dict[str, list[float]] = {m: [] for m in modes}
         core: dict[str, list[float]] = {m: [] for m in modes}
         train_step(trainer, 1)  # warm-up: first-call allocations
+        names = list(modes)
         for step in range(2, steps + 2):
             saved = _save(trainer)
-            for mode, groups in modes.items():
+            shift = step % len(names)  # rotate the order: no mode always runs first
+            for mode in names[shift:] + names[:shift]:
+                groups = modes[mode]
                 _restore(trainer, saved)
                 trainer.groups = groups
                 cfg.diagnostics.scope = mode if mode != "off" else "full"

@@ -363,8 +363,8 @@ def validate(cfg: Config) -> Config:
     from taskgrad.balancing import STRATEGIES
 
     if cfg.balance.strategy not in STRATEGIES:
-        valid = ", ".join(STRATEGIES)
-        raise ConfigError(f"balance.strategy: unknown strategy {cfg.balance.strategy!r}; valid: {valid}")
+        name, valid = cfg.balance.strategy, ", ".join(STRATEGIES)
+        raise ConfigError(f"balance.strategy: unknown strategy {name!r}; valid: {valid}")
     if cfg.balance.strategy != "uniform":
         d = cfg.diagnostics
         if not d.enabled or d.every != 1 or d.scope != "full":

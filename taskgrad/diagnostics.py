@@ -170,7 +170,8 @@ def latest_gains(trainer: Trainer) -> torch.Tensor:
     out = []
     for task in trainer.tasks:
         r = trainer.history[task.name]
-        out.append(sum(r[-s:]) / s - sum(r[-2 * s : -s]) / s if s > 0 and len(r) >= 2 * s else math.nan)
+        known = s > 0 and len(r) >= 2 * s
+        out.append(sum(r[-s:]) / s - sum(r[-2 * s : -s]) / s if known else math.nan)
     return torch.tensor(out, dtype=torch.float64)
 
 

@@ -203,7 +203,9 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
         # The first, on-policy update is the one measured; a strategy balances every update.
         capture = measure and (inner == 0 or balancing)
         with timer("backward"):
-            sums, logprobs = backward_groups(trainer, rollout, half, advantages, old_logprobs, capture)
+            sums, logprobs = backward_groups(
+                trainer, rollout, half, advantages, old_logprobs, capture
+            )
         if inner == 0:
             old_logprobs = logprobs
             metrics.update(rollout_metrics(trainer, rollout, rewards, advantages, sums))
