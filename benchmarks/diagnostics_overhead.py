@@ -3,8 +3,8 @@
 Every measured step is run three times from the same saved state (model, optimizer, scheduler):
 without diagnostics, with full-scope diagnostics, and with proxy-scope diagnostics, in an order
 that rotates from step to step. The three see the very same prompts, completions and
-micro-batches, so the ratios compare like with like and machine noise is shared. Probes, transfer matrices and evaluation are periodic extras, not
-part of the step, and are off here.
+micro-batches, so the ratios compare like with like and machine noise is shared. Probes,
+transfer matrices and evaluation are periodic extras, not part of the step, and are off here.
 
     python benchmarks/diagnostics_overhead.py [steps=12] [key=value ...]
 

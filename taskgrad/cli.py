@@ -1,4 +1,8 @@
-"""Command line: ``taskgrad train [preset=NAME] [key=value ...] [--resume RUN_DIR]``.
+"""Command line: ``taskgrad train``, ``taskgrad report`` and ``taskgrad reproduce``.
+
+    taskgrad train [preset=NAME] [key=value ...] [--resume RUN_DIR]
+    taskgrad report RUN_DIR [RUN_DIR ...] [--out DIR]
+    taskgrad reproduce [--seeds N] [--out DIR] [key=value ...]
 
 Bad input (an unknown key, task or preset, an invalid value, a malformed dataset file) ends with a
 one-line ``error: ...`` naming what is wrong, and exit status 2.
@@ -28,6 +32,69 @@ def _train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         path = train(cfg, Path(args.run_dir) if args.run_dir else None)
     print_summary(path)
+    if args.report:
+        _check_report_extra()
+        from taskgrad.analysis.report import build_report
+
+        out = build_report([path], None)
+        print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise ValueError(f"--seeds: must be at least 1, got {args.seeds}")
+    from taskgrad.balancing import STRATEGIES
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    for name in [*strategies, args.baseline]:
+        STRATEGIES.get(name)  # unknown names fail here, listing the valid ones
+    if args.baseline not in strategies:
+        strategies.insert(0, args.baseline)
+    _check_report_extra()
+    from taskgrad.analysis.compare import compare
+
+    out = compare(
+        strategies, args.seeds, args.preset, args.out, args.overrides, args.baseline, args.target
+    )
+    print((out / "compare.md").read_text())
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def _check_report_extra() -> None:
+    """A one-line error naming the extra to install when the report dependencies are missing."""
+    try:
+        import matplotlib  # noqa: F401
+        import pandas  # noqa: F401
+        import scipy  # noqa: F401
+        import statsmodels  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise ValueError(
+            f"reports need the 'report' extra ({e.name} is missing): pip install 'taskgrad[report]'"
+        ) from None
+
+
+def _report(args: argparse.Namespace) -> int:
+    _check_report_extra()
+    from taskgrad.analysis.report import build_report
+
+    out = build_report(args.run_dirs, args.out, title=args.title)
+    print(f"report: {out / 'report.html'}")
+    print(f"        {out / 'report.md'}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    for name, least in (("seeds", 1), ("length_seeds", 0), ("ablation_seeds", 0)):
+        if getattr(args, name) < least:
+            flag = name.replace("_", "-")
+            raise ValueError(f"--{flag}: must be at least {least}, got {getattr(args, name)}")
+    _check_report_extra()
+    from taskgrad.analysis.reproduce import reproduce
+
+    out = reproduce(args.out, args.seeds, args.length_seeds, args.ablation_seeds, args.overrides)
+    print(f"report: {out / 'report.html'}")
     return 0
 
 
@@ -61,15 +128,72 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
     )
+    p_train.add_argument(
+        "--report", action="store_true", help="write report.html/report.md into the run directory"
+    )
+    add_report_parsers(sub)
+    add_compare_parser(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "reproduce":
+            return _reproduce(args)
+        if args.command == "compare":
+            return _compare(args)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {message}".splitlines()[0], file=sys.stderr)
         return 2
     return 1
+
+
+def add_report_parsers(sub) -> None:
+    p_report = sub.add_parser(
+        "report", help="the paper's findings from run directories (report.html + report.md)"
+    )
+    p_report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    p_report.add_argument(
+        "--out", help="output folder (default: the run directory for one run, else reports/<time>)"
+    )
+    p_report.add_argument("--title", help="report title")
+    p_repro = sub.add_parser(
+        "reproduce", help="run both paper mixtures, the length experiment and the ablation; report"
+    )
+    p_repro.add_argument(
+        "overrides", nargs="*", help="key=value overrides for every run, e.g. steps=20"
+    )
+    p_repro.add_argument("--seeds", type=int, default=3, help="seeds per mixture (default 3)")
+    p_repro.add_argument(
+        "--length-seeds", type=int, default=1,
+        help="seeds per other loss aggregation (seq_mean, constant; default 1; 0 skips)",
+    )  # fmt: skip
+    p_repro.add_argument(
+        "--ablation-seeds", type=int, default=1,
+        help="seeds of gradient-proportional sampling, when the config supports it (0 skips)",
+    )  # fmt: skip
+    p_repro.add_argument(
+        "--out", default="runs/reproduce",
+        help="where runs (<out>/runs) and the report go; rerun to resume (default runs/reproduce)",
+    )  # fmt: skip
+
+
+def add_compare_parser(sub) -> None:
+    p = sub.add_parser(
+        "compare", help="balancing strategies x seeds at matched compute, with a comparison report"
+    )
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. steps=60")
+    p.add_argument(
+        "--strategies", default="uniform,equal_norm,mgda,gain_aware",
+        help="comma-separated registered strategies (the baseline is added if missing)",
+    )  # fmt: skip
+    p.add_argument("--baseline", default="uniform", help="the strategy differences are paired to")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per strategy (default 3)")
+    p.add_argument("--preset", default="default", help="the mix: default or math3 (or a YAML)")
+    p.add_argument("--target", type=float, default=0.5, help="worst-task accuracy to reach")
+    p.add_argument("--out", default="runs/compare", help="runs and report; rerun to resume")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,13 @@ CHECKPOINTS = "checkpoints"
 
 
 def _clean(value: Any) -> Any:
-    """JSON has no NaN: undefined estimates are written as null."""
+    """JSON has no NaN: undefined estimates are written as null (in nested values too)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
     return value
 
 
@@ -127,4 +131,4 @@ class RunDir:
         from taskgrad.diagnostics import summarize
 
         summary = summarize(self.records(), [t.name for t in trainer.tasks])
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
+        (self.path / "summary.json").write_text(json.dumps(_clean(summary), indent=2))

@@ -76,11 +76,20 @@ def test_cli_default_tasks_smoke(tmp_path, cache):
         "diagnostics.transfer_at=[2]",
         "diagnostics.one_step_at=[3]",
     ]
-    cmd = [sys.executable, "-m", "taskgrad.cli", "train", *args, "--run-dir", str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "taskgrad.cli",
+        "train",
+        *args,
+        "--run-dir",
+        str(run_dir),
+        "--report",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "held-out acc start" in out.stdout
-    for name in ("config.yaml", "versions.json", "metrics.jsonl", "summary.json"):
+    for name in ("config.yaml", "versions.json", "metrics.jsonl", "summary.json", "report.html"):
         assert (run_dir / name).exists(), name
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert [t["name"] for t in cfg["tasks"]] == ["code", "countdown", "arithmetic", "table_qa"]

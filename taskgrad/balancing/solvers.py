@@ -9,7 +9,6 @@ and CAGrad's inner problem (SLSQP, as in the authors' code).
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize, nnls
 
 
 def scaled(gram: np.ndarray) -> np.ndarray:
@@ -35,6 +34,8 @@ def min_norm_simplex(gram: np.ndarray) -> np.ndarray:
     a = np.vstack([psd_factor(scaled(gram)), np.ones((1, k))])  # [K+1, K]
     b = np.zeros(k + 1)
     b[-1] = 1.0
+    from scipy.optimize import nnls  # lazy: scipy is needed only by these strategies
+
     u, _ = nnls(a, b)
     return u / u.sum()
 
@@ -46,6 +47,8 @@ def dual_cone_weights(gram: np.ndarray, u: np.ndarray) -> np.ndarray:
     is the NNLS problem min_z ||R z + R u||^2.
     """
     r = psd_factor(gram)
+    from scipy.optimize import nnls
+
     z, _ = nnls(r, -r @ u)
     return u + z
 
@@ -100,6 +103,8 @@ def cagrad_direction(gram: np.ndarray, c: float) -> np.ndarray:
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
         gw = float(np.sqrt(max(w @ q @ w, 0.0) + 1e-12))
         return float(w @ q @ b + coef * gw), q @ b + coef * (q @ w) / gw
+
+    from scipy.optimize import minimize
 
     result = minimize(
         objective, b, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * k,

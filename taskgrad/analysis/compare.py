@@ -1,0 +1,171 @@
+"""``taskgrad compare``: balancing strategies x seeds at matched compute, and their comparison.
+
+Every run of a comparison shares one resolved config except ``balance.strategy`` (and its
+options) and ``seed``: the same steps, prompts per step, completions per prompt and token budget,
+so compute is matched by construction (sampling strategies move prompts between tasks at the
+same total). Runs are independent and resumable: a finished run (summary.json) is reused, an
+interrupted one resumes from its checkpoint (see ``reproduce.run_planned``).
+
+The comparison table, per strategy, over seeds (mean and a 95% t-interval across seeds):
+
+    final mean accuracy      mean over tasks of held-out accuracy at the last evaluation
+    final worst-task acc.    min over tasks of held-out accuracy at the last evaluation
+    AUC                      area under the mean-accuracy curve over evaluations / steps
+    steps to target          first evaluated step whose worst-task accuracy >= target
+                             (runs that never reach it count as not reached, shown as n/N)
+    imbalance                median over steps of the largest/smallest unbiased squared norm
+
+and the difference of each strategy to the baseline (default ``uniform``) with a paired
+interval (seeds are paired: same seed, same prompts at step 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from taskgrad.analysis.reproduce import Planned, run_planned
+
+RESERVED = ("seed", "run_name", "runs_root", "balance.strategy")
+
+
+def plan(
+    strategies: list[str], seeds: int, preset: str, overrides: list[str] | None = None
+) -> list[Planned]:
+    for item in overrides or []:
+        if item.split("=", 1)[0].strip() in RESERVED:
+            raise ValueError(
+                f"compare: {item!r} is set per run; {', '.join(RESERVED)} are reserved"
+            )
+    runs = []
+    for strategy in strategies:
+        for s in range(seeds):
+            extra = [f"balance.strategy={strategy}", f"seed={s}", f"run_name={strategy}-s{s}"]
+            runs.append(Planned(f"{strategy}-s{s}", preset, [*(overrides or []), *extra]))
+    return runs
+
+
+@dataclass
+class RunScore:
+    strategy: str
+    seed: int
+    final_mean: float
+    final_worst: float
+    auc: float
+    steps_to_target: float  # NaN when never reached
+    imbalance: float
+
+
+def score_run(path: Path, target: float) -> RunScore:
+    from taskgrad.analysis.runs import load_run
+
+    run = load_run(path)
+    tasks = [t["name"] for t in run.config["tasks"]]
+    cols = [f"eval/{t}/accuracy" for t in tasks]
+    evals = run.metrics[cols].dropna(how="any")  # [n_evals, K]
+    mean, worst = evals.mean(axis=1), evals.min(axis=1)
+    steps = evals.index.to_numpy(dtype=float)
+    span = steps[-1] - steps[0] if len(steps) > 1 else 1.0
+    auc = (
+        float(np.trapezoid(mean.to_numpy(), steps) / span)
+        if len(steps) > 1
+        else float(mean.iloc[0])
+    )
+    reached = worst[worst >= target]
+    imb = run.metrics.get("grad/full/imbalance")
+    return RunScore(
+        strategy=run.config["balance"]["strategy"],
+        seed=int(run.config["seed"]),
+        final_mean=float(mean.iloc[-1]),
+        final_worst=float(worst.iloc[-1]),
+        auc=auc,
+        steps_to_target=float(reached.index[0]) if len(reached) else math.nan,
+        imbalance=float(imb.median()) if imb is not None and imb.notna().any() else math.nan,
+    )
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval across seeds (NaN half-width with one seed)."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    m = float(x.mean())
+    if x.size < 2:
+        return m, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return m, m - half, m + half
+
+
+def _fmt(m: float, lo: float, hi: float, pct: bool = True) -> str:
+    if not math.isfinite(m):
+        return "-"
+    f = (lambda v: f"{100 * v:.1f}") if pct else (lambda v: f"{v:.2f}")
+    return f"{f(m)} [{f(lo)}, {f(hi)}]" if math.isfinite(lo) else f(m)
+
+
+def comparison_table(scores: list[RunScore], baseline: str, target: float) -> str:
+    """The markdown comparison table (accuracies in points)."""
+    by: dict[str, list[RunScore]] = {}
+    for s in scores:
+        by.setdefault(s.strategy, []).append(s)
+    base = {s.seed: s for s in by.get(baseline, [])}
+    head = (
+        "| strategy | seeds | final mean acc. | final worst-task acc. | AUC (mean acc.) | "
+        f"steps to worst >= {target:.2f} | imbalance (median) | mean vs {baseline} | "
+        f"worst vs {baseline} |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for name, runs in by.items():
+        reached = [r.steps_to_target for r in runs if math.isfinite(r.steps_to_target)]
+        steps = (
+            f"{np.median(reached):.0f} ({len(reached)}/{len(runs)})"
+            if reached
+            else f"- (0/{len(runs)})"
+        )
+        d_mean = [r.final_mean - base[r.seed].final_mean for r in runs if r.seed in base]
+        d_worst = [r.final_worst - base[r.seed].final_worst for r in runs if r.seed in base]
+        rows.append(
+            f"| {name} | {len(runs)} | {_fmt(*t_interval([r.final_mean for r in runs]))} | "
+            f"{_fmt(*t_interval([r.final_worst for r in runs]))} | "
+            f"{_fmt(*t_interval([r.auc for r in runs]))} | {steps} | "
+            f"{_fmt(*t_interval([r.imbalance for r in runs]), pct=False)} | "
+            f"{_fmt(*t_interval(d_mean)) if name != baseline else '-'} | "
+            f"{_fmt(*t_interval(d_worst)) if name != baseline else '-'} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def compare(
+    strategies: list[str],
+    seeds: int = 3,
+    preset: str = "default",
+    out: str | Path = "runs/compare",
+    overrides: list[str] | None = None,
+    baseline: str = "uniform",
+    target: float = 0.5,
+) -> Path:
+    """Train (or reuse) strategies x seeds, then write compare.md and the side-by-side report."""
+    from taskgrad.analysis.report import build_report
+
+    out = Path(out)
+    runs = plan(strategies, seeds, preset, overrides)
+    paths = []
+    for i, planned in enumerate(runs, start=1):
+        print(f"[{i}/{len(runs)}] {planned.name}", flush=True)
+        paths.append(run_planned(planned, out / "runs"))
+    scores = [score_run(p, target) for p in paths]
+    table = comparison_table(scores, baseline, target)
+    out.mkdir(parents=True, exist_ok=True)
+    intro = (
+        f"# taskgrad compare: {', '.join(strategies)} on preset {preset}, {seeds} seed(s)\n\n"
+        "Held-out accuracy in points, mean over seeds with a 95% t-interval; differences to the "
+        "baseline are paired by seed.\n\n"
+    )
+    (out / "compare.md").write_text(intro + table)
+    build_report(paths, out, title=f"taskgrad compare: {', '.join(strategies)}")
+    return out
