@@ -72,6 +72,8 @@ def test_cli_default_tasks_smoke(tmp_path, cache):
     run_dir = tmp_path / "run"
     args = [
         *SMALL,
+        "model.tiny.warmstart_steps=300",  # enough for some reward, so some groups have signal
+        "model.tiny.warmstart_batch=32",
         f"model.cache_dir={cache}",
         "diagnostics.transfer_at=[2]",
         "diagnostics.one_step_at=[3]",
@@ -105,8 +107,12 @@ def test_cli_default_tasks_smoke(tmp_path, cache):
         assert f"eval/{name}/accuracy" in recs[0] and f"eval/{name}/accuracy" in recs[4]
         assert f"gain/{name}/probe" in recs[2] and f"gain/{name}/one_step" in recs[3]
         assert f"transfer/code__{name}" in recs[2]
-    shares = [recs[1][f"grad/full/{t['name']}/update_share"] for t in cfg["tasks"]]
-    assert sum(shares) == pytest.approx(1.0, abs=1e-6)
+    # Update shares sum to one wherever the step had a gradient (all-equal rewards give none).
+    live = [r for r in recs[1:] if (r.get("grad/full/total_sqnorm") or 0) > 0]
+    assert live, "no step had a non-zero gradient"
+    for r in live:
+        shares = [r[f"grad/full/{t['name']}/update_share"] for t in cfg["tasks"]]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-6)
     # parameters changed: the checkpoint differs from the warm-started model it started from
     ckpt = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
     start = load_file(f"{versions['model_path']}/model.safetensors")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from taskgrad.analysis.reproduce import Planned, run_planned
+from taskgrad.analysis.reproduce import Planned, run_all
 
 RESERVED = ("seed", "run_name", "runs_root", "balance.strategy")
 
@@ -153,11 +153,7 @@ def compare(
     from taskgrad.analysis.report import build_report
 
     out = Path(out)
-    runs = plan(strategies, seeds, preset, overrides)
-    paths = []
-    for i, planned in enumerate(runs, start=1):
-        print(f"[{i}/{len(runs)}] {planned.name}", flush=True)
-        paths.append(run_planned(planned, out / "runs"))
+    paths = run_all(plan(strategies, seeds, preset, overrides), out / "runs")
     scores = [score_run(p, target) for p in paths]
     table = comparison_table(scores, baseline, target)
     out.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,15 @@ def run_planned(planned: Planned, runs_root: Path) -> Path:
     return train(cfg, path)
 
 
+def run_all(runs: list[Planned], runs_root: Path) -> list[Path]:
+    """Train (or reuse / resume) each planned run in turn, printing progress; their paths."""
+    paths = []
+    for i, planned in enumerate(runs, start=1):
+        print(f"[{i}/{len(runs)}] {planned.name}", flush=True)
+        paths.append(run_planned(planned, runs_root))
+    return paths
+
+
 def reproduce(
     out: str | Path = "runs/reproduce",
     seeds: int = 3,
@@ -112,10 +121,6 @@ def reproduce(
     from taskgrad.analysis.report import build_report
 
     out = Path(out)
-    runs = plan(seeds, length_seeds, ablation_seeds, overrides)
-    paths = []
-    for i, planned in enumerate(runs, start=1):
-        print(f"[{i}/{len(runs)}] {planned.name}", flush=True)
-        paths.append(run_planned(planned, out / "runs"))
+    paths = run_all(plan(seeds, length_seeds, ablation_seeds, overrides), out / "runs")
     title = f"taskgrad reproduce: the paper's findings on {len(paths)} runs"
     return build_report(paths, out, title=title, claims=True, n_boot=n_boot)
