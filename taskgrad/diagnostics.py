@@ -285,7 +285,7 @@ def transfer_matrix(trainer, before: dict[str, torch.Tensor], params_before) -> 
     beta1 = cfg.optim.betas[0]
     opt_state = trainer.optimizer.state[groups.params[0][1]]
     t = float(opt_state["step"])
-    lr = trainer.scheduler.get_last_lr()[0]
+    lr = trainer.last_lr  # the step's own rate: the scheduler has already moved on
     precond = preconditioner(trainer)  # [P]
     params_after = [p.detach().clone() for _, p in groups.params]
     out = {}

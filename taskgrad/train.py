@@ -169,7 +169,7 @@ def optimizer_step(trainer: Trainer) -> dict[str, float]:
     clip = trainer.cfg.optim.max_grad_norm
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
     trainer.clip_coef = min(1.0, clip / (float(norm) + 1e-6)) if clip > 0 else 1.0
-    lr = trainer.scheduler.get_last_lr()[0]
+    lr = trainer.last_lr = trainer.scheduler.get_last_lr()[0]
     trainer.optimizer.step()
     trainer.scheduler.step()
     trainer.optimizer.zero_grad(set_to_none=True)

@@ -43,6 +43,7 @@ class Trainer:
     probe_last: dict[str, torch.Tensor] = field(default_factory=dict)  # last probe rewards
     probe_before: tuple | None = None  # (probe rewards, in-scope params) just before an update
     clip_coef: float = 1.0  # the gradient clip factor of the last step
+    last_lr: float = 0.0  # the learning rate the last step used
 
 
 def lr_lambda(cfg: Config):
