@@ -42,8 +42,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    if args.seeds < 1:
-        raise ValueError(f"--seeds: must be at least 1, got {args.seeds}")
+    for flag, value in (
+        ("seeds", args.seeds),
+        ("tune-seeds", args.tune_seeds),
+        ("jobs", args.jobs),
+    ):
+        if value < 1:
+            raise ValueError(f"--{flag}: must be at least 1, got {value}")
     from taskgrad.balancing import STRATEGIES
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -54,9 +59,18 @@ def _compare(args: argparse.Namespace) -> int:
     _check_report_extra()
     from taskgrad.analysis.compare import compare
 
+    weights = None
+    if args.static_weights:
+        try:
+            weights = [float(w) for w in args.static_weights.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"--static-weights: need comma-separated numbers, got {args.static_weights!r}"
+            ) from None
     out = compare(
-        strategies, args.seeds, args.preset, args.out, args.overrides, args.baseline, args.target
-    )
+        strategies, args.seeds, args.preset, args.out, args.overrides, args.baseline, args.target,
+        jobs=args.jobs, static_weights=weights, tune_seeds=args.tune_seeds,
+    )  # fmt: skip
     print((out / "compare.md").read_text())
     print(f"report: {out / 'report.html'}")
     return 0
@@ -93,7 +107,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     _check_report_extra()
     from taskgrad.analysis.reproduce import reproduce
 
-    out = reproduce(args.out, args.seeds, args.length_seeds, args.ablation_seeds, args.overrides)
+    out = reproduce(
+        args.out, args.seeds, args.length_seeds, args.ablation_seeds, args.overrides, jobs=args.jobs
+    )
     print(f"report: {out / 'report.html'}")
     return 0
 
@@ -134,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     add_report_parsers(sub)
     add_compare_parser(sub)
     args = parser.parse_args(argv)
+    from taskgrad.analysis.reproduce import RunsFailed
+
     try:
         if args.command == "train":
             return _train(args)
@@ -143,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             return _reproduce(args)
         if args.command == "compare":
             return _compare(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RunsFailed) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {message}".splitlines()[0], file=sys.stderr)
         return 2
@@ -178,6 +196,7 @@ def add_report_parsers(sub) -> None:
         "--out", default="runs/reproduce",
         help="where runs (<out>/runs) and the report go; rerun to resume (default runs/reproduce)",
     )  # fmt: skip
+    add_jobs_argument(p_repro)
 
 
 def add_compare_parser(sub) -> None:
@@ -194,6 +213,21 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--preset", default="default", help="the mix: default or math3 (or a YAML)")
     p.add_argument("--target", type=float, default=0.5, help="worst-task accuracy to reach")
     p.add_argument("--out", default="runs/compare", help="runs and report; rerun to resume")
+    p.add_argument(
+        "--static-weights",
+        help="weights of static, comma-separated (default: tuned by a sweep, see tune_static.md)",
+    )
+    p.add_argument(
+        "--tune-seeds", type=int, default=1, help="tuning seeds per weighting of the static sweep"
+    )
+    add_jobs_argument(p)
+
+
+def add_jobs_argument(p) -> None:
+    p.add_argument(
+        "--jobs", type=int, default=1,
+        help="runs trained at a time, each in its own process with cpu_count/jobs threads",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,6 +17,13 @@ The comparison table, per strategy, over seeds (mean and a 95% t-interval across
 
 and the difference of each strategy to the baseline (default ``uniform``) with a paired
 interval (seeds are paired: same seed, same prompts at step 1).
+
+``static`` is compared as a *tuned* mixture: unless its weights are given, a small sweep
+(``static_grid``: the uniform mix and each task in turn weighted ``factor``) is trained first on
+tuning seeds disjoint from the comparison's (``TUNE_SEED`` on; a task's held-out set depends on
+the seed, so tuning never sees the held-out prompts the comparison is scored on), and the weights
+with the best tuning score, (final mean + final worst-task accuracy) / 2 averaged over tuning
+seeds, are the ones compared. The sweep and its scores are written to ``tune_static.md``.
 """
 
 from __future__ import annotations
@@ -29,23 +36,101 @@ import numpy as np
 
 from taskgrad.analysis.reproduce import Planned, run_all
 
-RESERVED = ("seed", "run_name", "runs_root", "balance.strategy")
+RESERVED = ("seed", "run_name", "runs_root", "balance.strategy", "balance.options")
+TUNE_SEED = 1000  # first tuning seed of the static sweep; comparison seeds are 0..seeds-1
 
 
-def plan(
-    strategies: list[str], seeds: int, preset: str, overrides: list[str] | None = None
-) -> list[Planned]:
+def check_overrides(overrides: list[str] | None) -> None:
     for item in overrides or []:
-        if item.split("=", 1)[0].strip() in RESERVED:
+        key = item.split("=", 1)[0].strip()
+        if any(key == r or key.startswith(r + ".") for r in RESERVED):
             raise ValueError(
                 f"compare: {item!r} is set per run; {', '.join(RESERVED)} are reserved"
             )
+
+
+def plan(
+    strategies: list[str],
+    seeds: int,
+    preset: str,
+    overrides: list[str] | None = None,
+    options: dict[str, list[str]] | None = None,
+) -> list[Planned]:
+    """Strategy-major runs (``<strategy>-s<seed>``); ``options[strategy]`` adds its overrides."""
+    check_overrides(overrides)
     runs = []
     for strategy in strategies:
         for s in range(seeds):
-            extra = [f"balance.strategy={strategy}", f"seed={s}", f"run_name={strategy}-s{s}"]
+            extra = [f"balance.strategy={strategy}", *(options or {}).get(strategy, [])]
+            extra += [f"seed={s}", f"run_name={strategy}-s{s}"]
             runs.append(Planned(f"{strategy}-s{s}", preset, [*(overrides or []), *extra]))
     return runs
+
+
+def weights_override(weights: list[float]) -> str:
+    return "balance.options.weights=[" + ", ".join(f"{w:g}" for w in weights) + "]"
+
+
+def static_grid(num_tasks: int, factor: float = 2.0) -> list[list[float]]:
+    """The sweep of the tuned static baseline: uniform, then each task weighted ``factor``."""
+    grid = [[1.0] * num_tasks]
+    for k in range(num_tasks):
+        grid.append([factor if j == k else 1.0 for j in range(num_tasks)])
+    return grid
+
+
+def tune_static(
+    preset: str,
+    out: Path,
+    overrides: list[str] | None = None,
+    grid: list[list[float]] | None = None,
+    seeds: int = 1,
+    jobs: int = 1,
+) -> list[float]:
+    """Train the static sweep on tuning seeds; write ``tune_static.md``; the chosen weights."""
+    from taskgrad.config import load_config
+
+    check_overrides(overrides)
+    num_tasks = len(load_config(preset, overrides).tasks)
+    grid = grid or static_grid(num_tasks)
+    runs = []
+    for i, weights in enumerate(grid):
+        if len(weights) != num_tasks:
+            raise ValueError(
+                f"static sweep: {weights} has {len(weights)} weights, need {num_tasks}"
+            )
+        for s in range(TUNE_SEED, TUNE_SEED + seeds):
+            extra = ["balance.strategy=static", weights_override(weights)]
+            extra += [f"seed={s}", f"run_name=static{i}-s{s}"]
+            runs.append(Planned(f"static{i}-s{s}", preset, [*(overrides or []), *extra]))
+    paths = run_all(runs, out / "tune" / "runs", jobs)
+    scores = [score_run(p, target=1.0) for p in paths]
+    rows, best, best_score = [], grid[0], -math.inf
+    for i, weights in enumerate(grid):
+        mine = scores[i * seeds : (i + 1) * seeds]
+        mean = float(np.mean([r.final_mean for r in mine]))
+        worst = float(np.mean([r.final_worst for r in mine]))
+        score = (mean + worst) / 2
+        if score > best_score:
+            best, best_score = weights, score
+        rows.append((weights, mean, worst, score))
+    lines = [
+        f"# Static sweep on preset {preset}: {len(grid)} weightings x {seeds} tuning seed(s) "
+        f"({TUNE_SEED}..{TUNE_SEED + seeds - 1})\n",
+        "Score = (final mean + final worst-task held-out accuracy) / 2, mean over tuning seeds; "
+        "the best is the `static` of the comparison.\n",
+        "| weights | final mean acc. | final worst-task acc. | score | chosen |",
+        "|---|---|---|---|---|",
+    ]
+    for weights, mean, worst, score in rows:
+        mark = "yes" if weights is best else ""
+        w = ", ".join(f"{x:g}" for x in weights)
+        lines.append(
+            f"| [{w}] | {100 * mean:.1f} | {100 * worst:.1f} | {100 * score:.1f} | {mark} |"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune_static.md").write_text("\n".join(lines) + "\n")
+    return list(best)
 
 
 @dataclass
@@ -148,12 +233,25 @@ def compare(
     overrides: list[str] | None = None,
     baseline: str = "uniform",
     target: float = 0.5,
+    jobs: int = 1,
+    static_weights: list[float] | None = None,
+    tune_seeds: int = 1,
 ) -> Path:
-    """Train (or reuse) strategies x seeds, then write compare.md and the side-by-side report."""
+    """Train (or reuse) strategies x seeds, then write compare.md and the side-by-side report.
+
+    With ``static`` among the strategies and no ``static_weights``, the static sweep is trained
+    first (``tune_static``) and its best weights are compared.
+    """
     from taskgrad.analysis.report import build_report
 
     out = Path(out)
-    paths = run_all(plan(strategies, seeds, preset, overrides), out / "runs")
+    check_overrides(overrides)
+    options: dict[str, list[str]] = {}
+    if "static" in strategies:
+        if static_weights is None:
+            static_weights = tune_static(preset, out, overrides, seeds=tune_seeds, jobs=jobs)
+        options["static"] = [weights_override(static_weights)]
+    paths = run_all(plan(strategies, seeds, preset, overrides, options), out / "runs", jobs)
     scores = [score_run(p, target) for p in paths]
     table = comparison_table(scores, baseline, target)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +260,9 @@ def compare(
         "Held-out accuracy in points, mean over seeds with a 95% t-interval; differences to the "
         "baseline are paired by seed.\n\n"
     )
+    if static_weights is not None and "static" in strategies:
+        w = ", ".join(f"{x:g}" for x in static_weights)
+        intro += f"`static` weights: [{w}] (see tune_static.md when swept).\n\n"
     (out / "compare.md").write_text(intro + table)
     build_report(paths, out, title=f"taskgrad compare: {', '.join(strategies)}")
     return out

@@ -1,6 +1,7 @@
 """``taskgrad reproduce``: the paper's experiments on the embedded tiny model, then one report.
 
-Runs, each an independent ``taskgrad.train.train`` call in this process, one after another:
+Runs, each an independent ``taskgrad.train.train`` call (one after another in this process, or
+``jobs`` at a time in worker processes, see ``run_all``):
 
     default  (heterogeneous 4-task mix)       x ``seeds``
     math3    (math of three difficulties)      x ``seeds``
@@ -23,6 +24,10 @@ from taskgrad.analysis.gains import N_BOOT
 
 AGGREGATIONS = ("token_mean", "seq_mean", "constant")
 RESERVED = ("preset", "seed", "run_name", "runs_root")  # set per run by reproduce itself
+
+
+class RunsFailed(Exception):
+    """Some runs of a plan failed (the others finished); the message names each and its log."""
 
 
 @dataclass
@@ -100,13 +105,57 @@ def run_planned(planned: Planned, runs_root: Path) -> Path:
     return train(cfg, path)
 
 
-def run_all(runs: list[Planned], runs_root: Path) -> list[Path]:
-    """Train (or reuse / resume) each planned run in turn, printing progress; their paths."""
-    paths = []
-    for i, planned in enumerate(runs, start=1):
-        print(f"[{i}/{len(runs)}] {planned.name}", flush=True)
-        paths.append(run_planned(planned, runs_root))
-    return paths
+def run_all(runs: list[Planned], runs_root: Path, jobs: int = 1) -> list[Path]:
+    """Train (or reuse / resume) each planned run; their paths, in plan order.
+
+    ``jobs=1`` trains them one after another in this process. ``jobs>1`` trains up to ``jobs`` at
+    a time, each in a fresh process (spawned, so no state leaks between runs) with
+    ``cpu_count // jobs`` torch threads and its output in ``<runs_root>/<name>.log``; a failed
+    run does not stop the others, and the error names every failed run and its log.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs: must be at least 1, got {jobs}")
+    if jobs == 1:
+        paths = []
+        for i, planned in enumerate(runs, start=1):
+            print(f"[{i}/{len(runs)}] {planned.name}", flush=True)
+            paths.append(run_planned(planned, runs_root))
+        return paths
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    runs_root.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    results: dict[str, Path] = {}
+    failed: list[str] = []
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_logged, p, runs_root, threads): p for p in runs}
+        for done, future in enumerate(as_completed(futures), start=1):
+            planned = futures[future]
+            try:
+                results[planned.name] = future.result()
+                print(f"[{done}/{len(runs)}] {planned.name}: done", flush=True)
+            except Exception as e:  # reported below with the run's log
+                log = runs_root / f"{planned.name}.log"
+                failed.append(f"{planned.name} ({type(e).__name__}: {e}; log {log})")
+                print(f"[{done}/{len(runs)}] {planned.name}: FAILED, see {log}", flush=True)
+    if failed:
+        raise RunsFailed(f"{len(failed)} run(s) failed: " + "; ".join(failed))
+    return [results[p.name] for p in runs]
+
+
+def _run_logged(planned: Planned, runs_root: Path, threads: int) -> Path:
+    """One planned run in a worker process: ``threads`` torch threads, output to its log."""
+    import contextlib
+
+    import torch
+
+    torch.set_num_threads(threads)
+    planned = Planned(planned.name, planned.preset, [*planned.overrides, "progress=false"])
+    log = open(runs_root / f"{planned.name}.log", "a")  # noqa: SIM115 - closed below
+    with log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        return run_planned(planned, runs_root)
 
 
 def reproduce(
@@ -116,11 +165,13 @@ def reproduce(
     ablation_seeds: int = 1,
     overrides: list[str] | None = None,
     n_boot: int = N_BOOT,
+    jobs: int = 1,
 ) -> Path:
     """Train (or reuse) every planned run, then write the report into ``out``; returns ``out``."""
     from taskgrad.analysis.report import build_report
 
     out = Path(out)
-    paths = run_all(plan(seeds, length_seeds, ablation_seeds, overrides), out / "runs")
+    runs = plan(seeds, length_seeds, ablation_seeds, overrides)
+    paths = run_all(runs, out / "runs", jobs)
     title = f"taskgrad reproduce: the paper's findings on {len(paths)} runs"
     return build_report(paths, out, title=title, claims=True, n_boot=n_boot)
