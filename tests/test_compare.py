@@ -7,18 +7,27 @@ import math
 import numpy as np
 import pytest
 
-from taskgrad.analysis.compare import compare, plan, score_run, t_interval
+from taskgrad.analysis.compare import (
+    TUNE_SEED,
+    compare,
+    plan,
+    score_run,
+    static_grid,
+    t_interval,
+    tune_static,
+)
+from taskgrad.analysis.reproduce import Planned, RunsFailed, run_all
 from tests.synthetic_runs import write_run
 
 STEPS = 20
 
 
-def planted(path, strategy: str, seed: int, lift: float):
+def planted(path, strategy: str, seed: int, lift: float, extra: tuple[str, ...] = ()):
     """Rewards rise linearly from .3 to .6 for every task, plus ``lift`` for this strategy."""
-    t = np.linspace(0.3, 0.6, STEPS)[:, None] + lift + 0.01 * seed  # [T, 1]
+    t = np.linspace(0.3, 0.6, STEPS)[:, None] + lift + 0.01 * (seed % 10)  # [T, 1]
     rewards = np.repeat(t, 4, axis=1)  # [T, K]
     rewards[:, 3] -= 0.2  # the worst task
-    overrides = (f"balance.strategy={strategy}", "eval.every=5")
+    overrides = (f"balance.strategy={strategy}", "eval.every=5", *extra)
     return write_run(path, seed=seed, steps=STEPS, overrides=overrides, arrays={"reward": rewards})
 
 
@@ -28,6 +37,50 @@ def test_plan_matches_compute_and_reserves_keys():
     assert all("steps=7" in r.overrides for r in runs)
     with pytest.raises(ValueError, match="reserved"):
         plan(["uniform"], 1, "default", ["seed=3"])
+    with pytest.raises(ValueError, match="reserved"):
+        plan(["uniform"], 1, "default", ["balance.options.weights=[1, 1, 1, 1]"])
+    (static,) = plan(["static"], 1, "default", [], {"static": ["balance.options.weights=[2]"]})
+    assert "balance.options.weights=[2]" in static.overrides
+
+
+def test_static_grid_by_hand():
+    assert static_grid(3, factor=2.0) == [[1, 1, 1], [2, 1, 1], [1, 2, 1], [1, 1, 2]]
+
+
+def weights_arg(weights) -> str:
+    return "balance.options.weights=[" + ", ".join(f"{w:g}" for w in weights) + "]"
+
+
+def test_tuned_static_is_the_best_of_the_sweep_and_is_compared(tmp_path):
+    out, common = tmp_path / "out", [f"steps={STEPS}", "eval.every=5"]
+    grid = static_grid(4)
+    for i, weights in enumerate(grid):  # weighting 3 is planted best (+.1), weighting 1 second
+        lift = {3: 0.1, 1: 0.05}.get(i, 0.0)
+        planted(out / "tune" / "runs" / f"static{i}-s{TUNE_SEED}", "static", TUNE_SEED, lift,
+                (weights_arg(weights),))  # fmt: skip
+    for seed in (0, 1):
+        planted(out / "runs" / f"uniform-s{seed}", "uniform", seed, 0.0)
+        planted(out / "runs" / f"static-s{seed}", "static", seed, 0.02, (weights_arg(grid[3]),))
+    compare(["uniform", "static"], seeds=2, out=out, overrides=common)
+    sweep = (out / "tune_static.md").read_text()
+    chosen = [line for line in sweep.splitlines() if line.endswith("| yes |")]
+    assert chosen == [line for line in sweep.splitlines() if line.startswith("| [1, 1, 2, 1]")]
+    assert "`static` weights: [1, 1, 2, 1]" in (out / "compare.md").read_text()
+    # the static runs found under runs/ are reused only because their weights are the chosen ones
+    assert tune_static("default", out, common) == [1, 1, 2, 1]
+
+
+def test_run_all_in_worker_processes_reuses_and_reports_failures(tmp_path):
+    runs = tmp_path / "runs"
+    ok = planted(runs / "uniform-s0", "uniform", 0, 0.0)
+    planted(runs / "other-s0", "mgda", 0, 0.0)
+    common = [f"steps={STEPS}", "eval.every=5", "balance.strategy=uniform"]
+    good = Planned("uniform-s0", "default", [*common, "seed=0", "run_name=uniform-s0"])
+    assert run_all([good], runs, jobs=2) == [ok]  # reused in a spawned worker, not retrained
+    bad = Planned("other-s0", "default", [*common, "seed=0", "run_name=other-s0"])
+    with pytest.raises(RunsFailed, match=r"1 run\(s\) failed: other-s0 .*another configuration"):
+        run_all([good, bad], runs, jobs=2)
+    assert "another configuration" not in (runs / "uniform-s0.log").read_text()
 
 
 def test_score_run_by_hand(tmp_path):
@@ -55,15 +108,15 @@ def test_compare_reuses_runs_and_recovers_the_planted_lift(tmp_path):
     runs = tmp_path / "out" / "runs"
     for seed in (0, 1):
         planted(runs / f"uniform-s{seed}", "uniform", seed, 0.0)
-        planted(runs / f"static-s{seed}", "static", seed, 0.1)
+        planted(runs / f"equal_norm-s{seed}", "equal_norm", seed, 0.1)
     out = compare(
-        ["uniform", "static"],
+        ["uniform", "equal_norm"],
         seeds=2,
         out=tmp_path / "out",
         overrides=[f"steps={STEPS}", "eval.every=5"],
     )
     table = (out / "compare.md").read_text()
-    static_row = next(line for line in table.splitlines() if line.startswith("| static"))
+    static_row = next(line for line in table.splitlines() if line.startswith("| equal_norm"))
     # +0.1 reward -> +10 accuracy points on every seed: paired difference 10.0, zero width
     assert "| 10.0 [10.0, 10.0] | 10.0 [10.0, 10.0] |" in static_row
     assert (out / "report.html").exists()
