@@ -70,6 +70,7 @@ def _compare(args: argparse.Namespace) -> int:
     out = compare(
         strategies, args.seeds, args.preset, args.out, args.overrides, args.baseline, args.target,
         jobs=args.jobs, static_weights=weights, tune_seeds=args.tune_seeds,
+        diagnostics=args.diagnostics,
     )  # fmt: skip
     print((out / "compare.md").read_text())
     print(f"report: {out / 'report.html'}")
@@ -220,6 +221,10 @@ def add_compare_parser(sub) -> None:
     p.add_argument(
         "--tune-seeds", type=int, default=1, help="tuning seeds per weighting of the static sweep"
     )
+    p.add_argument(
+        "--diagnostics", action="store_true",
+        help="also write the full per-configuration report into <out>/diagnostics",
+    )  # fmt: skip
     add_jobs_argument(p)
 
 

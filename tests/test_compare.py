@@ -16,7 +16,9 @@ from taskgrad.analysis.compare import (
     t_interval,
     tune_static,
 )
+from taskgrad.analysis.compare_report import paired_differences
 from taskgrad.analysis.reproduce import Planned, RunsFailed, run_all
+from taskgrad.analysis.runs import load_run
 from tests.synthetic_runs import write_run
 
 STEPS = 20
@@ -120,6 +122,14 @@ def test_compare_reuses_runs_and_recovers_the_planted_lift(tmp_path):
     # +0.1 reward -> +10 accuracy points on every seed: paired difference 10.0, zero width
     assert "| 10.0 [10.0, 10.0] | 10.0 [10.0, 10.0] |" in static_row
     assert (out / "report.html").exists()
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert figures == [
+        "01-compare-curves.png", "02-compare-tasks.png", "03-compare-forest.png",
+        "04-compare-effort.png", "05-compare-imbalance.png",
+    ]  # fmt: skip
+    by = {n: [load_run(runs / f"{n}-s{s}") for s in (0, 1)] for n in ("uniform", "equal_norm")}
+    for reduce in ("mean", "min"):
+        assert paired_differences(by, "uniform", reduce)["equal_norm"] == pytest.approx([0.1, 0.1])
 
 
 def test_cli_compare_unknown_strategy_is_one_line(tmp_path):
@@ -131,3 +141,26 @@ def test_cli_compare_unknown_strategy_is_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: unknown balancing strategy 'nope'; valid: ")
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_score_tokens_and_minutes_by_hand(tmp_path):
+    import pandas as pd
+
+    from taskgrad.analysis.runs import Run
+    from taskgrad.config import load_config, to_dict
+
+    cfg = to_dict(load_config("default", ["rollout.group_size=4"]))
+    tasks = [t["name"] for t in cfg["tasks"]]
+    rows = {0: {f"eval/{t}/accuracy": 0.5 for t in tasks}}
+    for step, length in ((1, 3.0), (2, 5.0)):
+        rows[step] = {"time/step": 30.0}
+        for k, t in enumerate(tasks):
+            rows[step] |= {f"task/{t}/prompts": 2.0 + k, f"task/{t}/response_length": length}
+    rows[2] |= {f"eval/{t}/accuracy": 0.25 * (k + 1) for k, t in enumerate(tasks)}
+    s = score_run(Run(tmp_path, cfg, pd.DataFrame.from_dict(rows, orient="index")), 0.25)
+    # prompts 2+3+4+5 = 14 per step, G = 4: 14 * 4 * 3 = 168 and 14 * 4 * 5 = 280 -> mean 224
+    assert s.tokens_per_step == pytest.approx(224.0)
+    assert s.minutes == pytest.approx(1.0)  # 2 x 30 s
+    assert s.final_mean == pytest.approx(0.625) and s.final_worst == pytest.approx(0.25)
+    assert s.steps_to_target == 0  # the worst task starts at .5 >= .25
+    assert s.auc == pytest.approx((0.5 + 0.625) / 2)  # two evaluations: a trapezoid over 2 steps

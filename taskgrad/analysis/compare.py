@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from taskgrad.analysis.reproduce import Planned, run_all
+from taskgrad.analysis.runs import Run
 
 RESERVED = ("seed", "run_name", "runs_root", "balance.strategy", "balance.options")
 TUNE_SEED = 1000  # first tuning seed of the static sweep; comparison seeds are 0..seeds-1
@@ -142,15 +143,16 @@ class RunScore:
     auc: float
     steps_to_target: float  # NaN when never reached
     imbalance: float
+    tokens_per_step: float = math.nan  # completion tokens generated per training step, mean
+    minutes: float = math.nan  # training wall time (sum of time/step), evaluation excluded
 
 
-def score_run(path: Path, target: float) -> RunScore:
+def score_run(path: Path | Run, target: float) -> RunScore:
+    from taskgrad.analysis.compare_report import heldout
     from taskgrad.analysis.runs import load_run
 
-    run = load_run(path)
-    tasks = [t["name"] for t in run.config["tasks"]]
-    cols = [f"eval/{t}/accuracy" for t in tasks]
-    evals = run.metrics[cols].dropna(how="any")  # [n_evals, K]
+    run = path if isinstance(path, Run) else load_run(path)
+    evals = heldout(run)  # [n_evals, K]
     mean, worst = evals.mean(axis=1), evals.min(axis=1)
     steps = evals.index.to_numpy(dtype=float)
     span = steps[-1] - steps[0] if len(steps) > 1 else 1.0
@@ -160,15 +162,21 @@ def score_run(path: Path, target: float) -> RunScore:
         else float(mean.iloc[0])
     )
     reached = worst[worst >= target]
-    imb = run.metrics.get("grad/full/imbalance")
+    imb = run.column("grad/full/imbalance")
+    # completion tokens per step = sum_k prompts_k * G * mean response length_k
+    group = float(run.cfg("rollout.group_size", math.nan))
+    tokens = run.task_frame("task/{task}/prompts") * run.task_frame("task/{task}/response_length")
+    step_time = run.column("time/step")
     return RunScore(
         strategy=run.config["balance"]["strategy"],
-        seed=int(run.config["seed"]),
+        seed=run.seed,
         final_mean=float(mean.iloc[-1]),
         final_worst=float(worst.iloc[-1]),
         auc=auc,
         steps_to_target=float(reached.index[0]) if len(reached) else math.nan,
-        imbalance=float(imb.median()) if imb is not None and imb.notna().any() else math.nan,
+        imbalance=float(imb.median()) if imb.notna().any() else math.nan,
+        tokens_per_step=float(tokens.sum(axis=1, min_count=1).mean() * group),
+        minutes=float(step_time.sum() / 60) if step_time.notna().any() else math.nan,
     )
 
 
@@ -193,17 +201,19 @@ def _fmt(m: float, lo: float, hi: float, pct: bool = True) -> str:
     return f"{f(m)} [{f(lo)}, {f(hi)}]" if math.isfinite(lo) else f(m)
 
 
-def comparison_table(scores: list[RunScore], baseline: str, target: float) -> str:
-    """The markdown comparison table (accuracies in points)."""
+def table_rows(
+    scores: list[RunScore], baseline: str, target: float
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table (accuracies in points), one row per strategy."""
     by: dict[str, list[RunScore]] = {}
     for s in scores:
         by.setdefault(s.strategy, []).append(s)
     base = {s.seed: s for s in by.get(baseline, [])}
-    head = (
-        "| strategy | seeds | final mean acc. | final worst-task acc. | AUC (mean acc.) | "
-        f"steps to worst >= {target:.2f} | imbalance (median) | mean vs {baseline} | "
-        f"worst vs {baseline} |\n|---|---|---|---|---|---|---|---|---|\n"
-    )
+    header = [
+        "strategy", "seeds", "final mean acc.", "final worst-task acc.", "AUC (mean acc.)",
+        f"steps to worst >= {target:.2f}", "imbalance (median)", "tokens / step",
+        "train min / run", f"mean vs {baseline}", f"worst vs {baseline}",
+    ]  # fmt: skip
     rows = []
     for name, runs in by.items():
         reached = [r.steps_to_target for r in runs if math.isfinite(r.steps_to_target)]
@@ -214,15 +224,31 @@ def comparison_table(scores: list[RunScore], baseline: str, target: float) -> st
         )
         d_mean = [r.final_mean - base[r.seed].final_mean for r in runs if r.seed in base]
         d_worst = [r.final_worst - base[r.seed].final_worst for r in runs if r.seed in base]
+        tokens = [r.tokens_per_step for r in runs if math.isfinite(r.tokens_per_step)]
+        minutes = [r.minutes for r in runs if math.isfinite(r.minutes)]
         rows.append(
-            f"| {name} | {len(runs)} | {_fmt(*t_interval([r.final_mean for r in runs]))} | "
-            f"{_fmt(*t_interval([r.final_worst for r in runs]))} | "
-            f"{_fmt(*t_interval([r.auc for r in runs]))} | {steps} | "
-            f"{_fmt(*t_interval([r.imbalance for r in runs]), pct=False)} | "
-            f"{_fmt(*t_interval(d_mean)) if name != baseline else '-'} | "
-            f"{_fmt(*t_interval(d_worst)) if name != baseline else '-'} |"
+            [
+                name,
+                str(len(runs)),
+                _fmt(*t_interval([r.final_mean for r in runs])),
+                _fmt(*t_interval([r.final_worst for r in runs])),
+                _fmt(*t_interval([r.auc for r in runs])),
+                steps,
+                _fmt(*t_interval([r.imbalance for r in runs]), pct=False),
+                f"{np.mean(tokens):.0f}" if tokens else "-",
+                f"{np.mean(minutes):.1f}" if minutes else "-",
+                _fmt(*t_interval(d_mean)) if name != baseline else "-",
+                _fmt(*t_interval(d_worst)) if name != baseline else "-",
+            ]
         )
-    return head + "\n".join(rows) + "\n"
+    return header, rows
+
+
+def comparison_table(scores: list[RunScore], baseline: str, target: float) -> str:
+    """The markdown comparison table (accuracies in points)."""
+    header, rows = table_rows(scores, baseline, target)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
 def compare(
@@ -236,13 +262,15 @@ def compare(
     jobs: int = 1,
     static_weights: list[float] | None = None,
     tune_seeds: int = 1,
+    diagnostics: bool = False,
 ) -> Path:
-    """Train (or reuse) strategies x seeds, then write compare.md and the side-by-side report.
+    """Train (or reuse) strategies x seeds, then write compare.md and report.html / report.md.
 
     With ``static`` among the strategies and no ``static_weights``, the static sweep is trained
-    first (``tune_static``) and its best weights are compared.
+    first (``tune_static``) and its best weights are compared. ``diagnostics``: also write the
+    full per-configuration report of ``taskgrad report`` into ``<out>/diagnostics``.
     """
-    from taskgrad.analysis.report import build_report
+    from taskgrad.analysis.runs import load_run
 
     out = Path(out)
     check_overrides(overrides)
@@ -252,17 +280,95 @@ def compare(
             static_weights = tune_static(preset, out, overrides, seeds=tune_seeds, jobs=jobs)
         options["static"] = [weights_override(static_weights)]
     paths = run_all(plan(strategies, seeds, preset, overrides, options), out / "runs", jobs)
-    scores = [score_run(p, target) for p in paths]
-    table = comparison_table(scores, baseline, target)
-    out.mkdir(parents=True, exist_ok=True)
+    runs = [load_run(p) for p in paths]
+    scores = [score_run(r, target) for r in runs]
     intro = (
-        f"# taskgrad compare: {', '.join(strategies)} on preset {preset}, {seeds} seed(s)\n\n"
-        "Held-out accuracy in points, mean over seeds with a 95% t-interval; differences to the "
-        "baseline are paired by seed.\n\n"
+        f"Strategies {', '.join(strategies)} on preset {preset}, {seeds} seed(s) each, at matched "
+        f"compute: {describe_budget(runs[0])}. Held-out accuracy in points, mean over seeds with "
+        "a 95% t-interval; differences to the baseline are paired by seed."
     )
     if static_weights is not None and "static" in strategies:
         w = ", ".join(f"{x:g}" for x in static_weights)
-        intro += f"`static` weights: [{w}] (see tune_static.md when swept).\n\n"
-    (out / "compare.md").write_text(intro + table)
-    build_report(paths, out, title=f"taskgrad compare: {', '.join(strategies)}")
+        intro += f" `static` weights: [{w}]" + (
+            " (tuned, see tune_static.md)." if (out / "tune_static.md").exists() else "."
+        )
+    table = comparison_table(scores, baseline, target)
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"taskgrad compare on preset {preset}"
+    (out / "compare.md").write_text(f"# {title}\n\n{intro}\n\n{table}")
+    write_report(out, title, intro, runs, scores, baseline, target)
+    if diagnostics:
+        from taskgrad.analysis.report import build_report
+
+        build_report(paths, out / "diagnostics", title=f"{title}: per-configuration diagnostics")
     return out
+
+
+def describe_budget(run: Run) -> str:
+    """The compute every run of a comparison shares, from one run's resolved config."""
+    k = len(run.tasks)
+    return (
+        f"{run.cfg('steps')} steps, {k} x {run.cfg('rollout.prompts_per_task')} prompts x "
+        f"{run.cfg('rollout.group_size')} completions per step, at most "
+        f"{run.cfg('rollout.max_new_tokens')} new tokens each; "
+        f"model {run.cfg('model.name_or_path')}"
+    )
+
+
+def write_report(
+    out: Path,
+    title: str,
+    intro: str,
+    runs: list[Run],
+    scores: list[RunScore],
+    baseline: str,
+    target: float,
+) -> None:
+    """report.html / report.md of a comparison (figures: compare_report.py)."""
+    from taskgrad.analysis import compare_report as C
+    from taskgrad.analysis import figures as F
+    from taskgrad.analysis.document import Document
+
+    by: dict[str, list[Run]] = {}
+    for run in runs:
+        by.setdefault(run.config["balance"]["strategy"], []).append(run)
+    doc = Document(title)
+    doc.para(intro)
+    doc.heading("Comparison")
+    header, rows = table_rows(scores, baseline, target)
+    doc.table(header, rows)
+    doc.para(
+        "Final: at the last evaluation. AUC: trapezoid area under the mean-accuracy curve over the "
+        "evaluated steps, divided by their span. Imbalance: median over steps of the largest / "
+        "smallest unbiased squared task-gradient norm (raw gradients, before the strategy's "
+        "weights). Tokens / step: completion tokens generated per training step. Train min: sum "
+        "of step times (evaluation and probes excluded).",
+        note=True,
+    )
+    if (out / "tune_static.md").exists():
+        doc.heading("The tuned static baseline")
+        lines = (out / "tune_static.md").read_text().splitlines()
+        table = [ln for ln in lines if ln.startswith("|")]
+        doc.para(" ".join(ln for ln in lines[1:] if ln and not ln.startswith("|")))
+        doc.table(
+            [c.strip() for c in table[0].strip("|").split("|")],
+            [[c.strip() for c in ln.strip("|").split("|")] for ln in table[2:]],
+        )
+    doc.heading("Accuracy over training")
+    doc.figure(C.fig_curves(by, baseline))
+    doc.figure(C.fig_tasks(by, baseline))
+    doc.figure(C.fig_forest(by, baseline))
+    task_rows = []
+    for name, rs in by.items():
+        finals = [C.heldout(r).iloc[-1] for r in rs]
+        for task in rs[0].tasks:
+            task_rows.append([name, task, _fmt(*t_interval([f[task] for f in finals]))])
+    doc.table(["strategy", "task", "final held-out accuracy [95% CI]"], task_rows)
+    doc.heading("What the strategies did")
+    doc.figure(C.fig_effort(by, baseline, F.Palette(runs[0].tasks)))
+    doc.figure(C.fig_imbalance(by, baseline))
+    doc.table(
+        ["strategy", "run directories"],
+        [[name, ", ".join(r.path.name for r in rs)] for name, rs in by.items()],
+    )
+    doc.write(out)

@@ -1,0 +1,198 @@
+"""The report of ``taskgrad compare``: one line per strategy, built from run directories only.
+
+Figures (seed means; bands are 95% t-intervals over seeds):
+
+    curves     mean and worst-task held-out accuracy over training, every strategy
+    tasks      each task's held-out accuracy over training, every strategy
+    forest     final mean / worst-task accuracy minus the baseline's, paired by seed, with the
+               aims of the comparison drawn in (MT-GRPO's +16 worst-task points over GRPO,
+               Modular Gradient Surgery's +4.5 mean points over mixed RL)
+    effort     what each strategy chose per task over training: its update weight relative to
+               the mean weight, and its sampling probability times K (both 1 under uniform)
+    imbalance  per-step imbalance (largest / smallest unbiased squared norm) per strategy
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+
+from taskgrad.analysis import figures as F
+from taskgrad.analysis.runs import Run
+from taskgrad.analysis.stats import seed_band
+
+AIM_MEAN, AIM_WORST = 0.045, 0.16  # the comparison's aims, in accuracy (fraction)
+
+Runs = dict[str, list[Run]]  # strategy -> its runs (one per seed)
+
+
+def heldout(run: Run) -> pd.DataFrame:
+    """[n_evals, K] held-out accuracy, rows = evaluated steps (step 0 included)."""
+    cols = {t: run.column(f"eval/{t}/accuracy") for t in run.tasks}
+    return pd.DataFrame(cols).dropna(how="any")
+
+
+def strategy_colors(names: list[str], baseline: str) -> dict[str, tuple]:
+    """The baseline black, the rest spread over a qualitative map."""
+    others = [n for n in names if n != baseline]
+    cmap = plt.get_cmap("tab20" if len(others) > 10 else "tab10")
+    colors = {n: cmap(i % cmap.N) for i, n in enumerate(others)}
+    colors[baseline] = (0.0, 0.0, 0.0, 1.0)
+    return colors
+
+
+def _style(name: str, baseline: str) -> dict:
+    return {"lw": 2.6 if name == baseline else 1.4, "ls": "--" if name == "static" else "-"}
+
+
+def _curve(ax, frame: pd.DataFrame, color, style: dict, band: bool) -> None:
+    mean, lo, hi = seed_band(frame)
+    ax.plot(mean.index, mean, color=color, marker="o", ms=2.5, **style)
+    if band and (lo.notna() & hi.notna()).any():
+        ax.fill_between(mean.index, lo, hi, color=color, alpha=0.12, lw=0)
+
+
+def _finish(fig, title: str, names: list[str], colors: dict, baseline: str) -> None:
+    """Suptitle and one legend of the strategies under the panels."""
+    handles = [Line2D([], [], color=colors[n], label=n, **_style(n, baseline)) for n in names]
+    F.finish(fig, title, handles, ncol=6)
+
+
+def fig_curves(by: Runs, baseline: str) -> F.Fig:
+    names, colors = list(by), strategy_colors(list(by), baseline)
+    fig, axes = F.grid(1, 2, width=6.0, height=4.0)
+    for ax, (what, reduce) in zip(axes[0], (("mean", "mean"), ("worst-task", "min")), strict=True):
+        for name in names:
+            frame = pd.concat([getattr(heldout(r), reduce)(axis=1) for r in by[name]], axis=1)
+            _curve(ax, frame, colors[name], _style(name, baseline), band=name == baseline)
+        F.labels(ax, "step", f"{what} held-out accuracy (fraction)", f"{what} accuracy")
+    _finish(fig, "Held-out accuracy over training, per strategy", names, colors, baseline)
+    caption = (
+        "Greedy accuracy on each task's fixed held-out set, averaged over tasks (left) or its "
+        f"minimum over tasks (right), at step 0 and every eval.every steps; mean over seeds. Band: "
+        f"95% t-interval over seeds of the baseline ({baseline}); dashed: the tuned static mix."
+    )
+    return F.Fig("compare-curves", fig, caption)
+
+
+def fig_tasks(by: Runs, baseline: str) -> F.Fig:
+    names, colors = list(by), strategy_colors(list(by), baseline)
+    tasks = next(iter(by.values()))[0].tasks
+    fig, axes = F.panels(len(tasks), width=4.6, height=3.4, max_cols=4)
+    for ax, task in zip(axes, tasks, strict=True):
+        for name in names:
+            frame = pd.concat([heldout(r)[task] for r in by[name]], axis=1)
+            _curve(ax, frame, colors[name], _style(name, baseline), band=False)
+        F.labels(ax, "step", "held-out accuracy (fraction)", task)
+    _finish(fig, "Held-out accuracy per task (mean over seeds)", names, colors, baseline)
+    caption = "Each task's greedy held-out accuracy over training, mean over seeds."
+    return F.Fig("compare-tasks", fig, caption)
+
+
+def paired_differences(by: Runs, baseline: str, reduce: str) -> dict[str, list[float]]:
+    """strategy -> per seed, final (mean|min over tasks) accuracy minus the baseline's."""
+    base = {r.seed: float(getattr(heldout(r).iloc[-1], reduce)()) for r in by.get(baseline, [])}
+    out = {}
+    for name, runs in by.items():
+        if name == baseline:
+            continue
+        final = {r.seed: float(getattr(heldout(r).iloc[-1], reduce)()) for r in runs}
+        out[name] = [v - base[s] for s, v in final.items() if s in base]
+    return out
+
+
+def fig_forest(by: Runs, baseline: str) -> F.Fig:
+    from taskgrad.analysis.compare import t_interval
+
+    fig, axes = F.grid(1, 2, width=5.4, height=0.35 * len(by) + 1.6)
+    for ax, (what, reduce, aim) in zip(
+        axes[0], (("mean", "mean", AIM_MEAN), ("worst-task", "min", AIM_WORST)), strict=True
+    ):
+        diffs = paired_differences(by, baseline, reduce)
+        names = list(diffs)
+        for i, name in enumerate(names):
+            m, lo, hi = t_interval(diffs[name])
+            xerr = [[m - lo], [hi - m]] if np.isfinite(lo) else None
+            ax.errorbar(m, i, xerr=xerr, fmt="o", color="black", ms=4, capsize=3)
+            ax.plot(diffs[name], [i] * len(diffs[name]), "x", color="#999999", ms=4)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.axvline(aim, color="#c0392b", lw=1, ls=":")
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        F.labels(ax, f"final {what} accuracy minus {baseline}'s (fraction)", "", what)
+    handles = [
+        Line2D([], [], color="black", marker="o", ls="", label="mean, 95% t-interval over seeds"),
+        Line2D([], [], color="#999999", marker="x", ls="", label="one seed"),
+        Line2D([], [], color="#c0392b", ls=":", label="aim (+4.5 mean, +16 worst-task points)"),
+    ]
+    F.finish(fig, f"Final accuracy, paired by seed, against {baseline}", handles)
+    caption = (
+        f"Per strategy, final held-out accuracy minus {baseline}'s on the same seed (mean over "
+        "tasks, left; worst task, right); dots: mean difference with its 95% t-interval over "
+        "seeds; crosses: single seeds; dotted: the comparison's aims."
+    )
+    return F.Fig("compare-forest", fig, caption)
+
+
+def effort(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """[steps, K] update weight / its mean over tasks, and sampling probability x K."""
+    w = run.task_frame("balance/{task}/weight")
+    w = w.div(w.mean(axis=1), axis=0)
+    p = run.task_frame("balance/sampling/{task}") * len(run.tasks)
+    return w, p
+
+
+def fig_effort(by: Runs, baseline: str, pal: F.Palette) -> F.Fig | None:
+    names = [n for n in by if n not in (baseline, "uniform")]
+    if not names:
+        return None
+    tasks = next(iter(by.values()))[0].tasks
+    fig, axes = F.panels(len(names), width=4.2, height=3.0, max_cols=4)
+    for ax, name in zip(axes, names, strict=True):
+        frames = [effort(r) for r in by[name]]
+        for task in tasks:
+            for j, ls in enumerate(("-", ":")):
+                frame = pd.concat([f[j][task] for f in frames], axis=1).dropna(how="all")
+                if not frame.empty:
+                    mean = frame.mean(axis=1)
+                    ax.plot(mean.index, mean, color=pal(task), ls=ls, lw=1.4)
+        ax.axhline(1, color="#888888", lw=0.6)
+        F.labels(ax, "step", "relative to uniform (1)", name)
+    extra = [
+        Line2D([], [], color="black", ls="-", label="update weight / mean weight"),
+        Line2D([], [], color="black", ls=":", label="sampling probability x K"),
+    ]
+    F.finish(fig, "What each strategy chose per task", pal.handles(tasks) + extra)
+    caption = (
+        "Per step, mean over seeds: each task's update weight divided by the mean weight over "
+        "tasks (solid) and, for sampling strategies, its probability of being sampled times K "
+        "(dotted); both are 1 under uniform. Projection methods log the weights of their "
+        "combined update."
+    )
+    return F.Fig("compare-effort", fig, caption)
+
+
+def fig_imbalance(by: Runs, baseline: str) -> F.Fig | None:
+    names = [n for n in by if any(r.has("grad/full/imbalance") for r in by[n])]
+    if not names:
+        return None
+    fig, axes = F.grid(1, 1, width=max(6.0, 0.55 * len(names) + 2), height=3.8)
+    ax = axes[0][0]
+    data = []
+    for name in names:
+        values = pd.concat([r.column("grad/full/imbalance") for r in by[name]]).dropna()
+        data.append(values[values > 0].to_numpy())
+    ax.boxplot(data, showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right")
+    F.set_log(ax)
+    F.labels(ax, "", "imbalance (max / min unbiased sq. norm)", "per-step gradient imbalance")
+    fig.suptitle("Gradient imbalance between tasks under each strategy", fontsize=12)
+    caption = (
+        "Per strategy, the distribution over steps and seeds of the ratio of the largest to the "
+        "smallest unbiased squared gradient norm over the full model (raw task gradients, before "
+        "the strategy's weights); box: quartiles, whiskers: 1.5 IQR; steps where a norm is not "
+        "positive are left out."
+    )
+    return F.Fig("compare-imbalance", fig, caption)
