@@ -76,8 +76,10 @@ class Balance:
 class Strategy:
     """Base class: subclasses set ``name`` and implement ``__call__``.
 
-    ``needs_gradients`` is False for strategies that use only training statistics, so the loop
-    need not capture group gradients for them. Stateful strategies keep their state in
+    ``needs_gradients`` is False for strategies that read only training statistics, never the
+    Gram; a property test holds them to it. The loop still captures the group buffers for every
+    strategy other than ``uniform``, because it applies the weights to them (no extra backward),
+    so such strategies need diagnostics every step too. Stateful strategies keep their state in
     ``self.state`` (a dict of tensors / numbers) which the checkpoint saves and restores.
     """
 
