@@ -72,17 +72,27 @@ def test_tuned_static_is_the_best_of_the_sweep_and_is_compared(tmp_path):
     assert tune_static("default", out, common) == [1, 1, 2, 1]
 
 
-def test_run_all_in_worker_processes_reuses_and_reports_failures(tmp_path):
+def test_run_all_reuses_finished_runs_and_refuses_another_configuration(tmp_path):
     runs = tmp_path / "runs"
     ok = planted(runs / "uniform-s0", "uniform", 0, 0.0)
     planted(runs / "other-s0", "mgda", 0, 0.0)
     common = [f"steps={STEPS}", "eval.every=5", "balance.strategy=uniform"]
     good = Planned("uniform-s0", "default", [*common, "seed=0", "run_name=uniform-s0"])
-    assert run_all([good], runs, jobs=2) == [ok]  # reused in a spawned worker, not retrained
+    assert run_all([good], runs, jobs=2) == [ok]  # reused: nothing is trained
     bad = Planned("other-s0", "default", [*common, "seed=0", "run_name=other-s0"])
-    with pytest.raises(RunsFailed, match=r"1 run\(s\) failed: other-s0 .*another configuration"):
+    with pytest.raises(ValueError, match="other-s0 holds a run of another configuration"):
         run_all([good, bad], runs, jobs=2)
-    assert "another configuration" not in (runs / "uniform-s0.log").read_text()
+    assert (runs / "other-s0" / "summary.json").exists()  # and nothing was overwritten
+
+
+def test_a_run_failing_in_its_worker_process_is_named_with_its_log(tmp_path):
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{not json\n')
+    task = f"tasks=[{{name: mine, type: dataset, options: {{path: '{bad}', reward: exact}}}}]"
+    planned = Planned("broken-s0", "default", [task, "seed=0", "run_name=broken-s0"])
+    with pytest.raises(RunsFailed, match=r"1 run\(s\) failed: broken-s0 \(ValueError: .*rows"):
+        run_all([planned], tmp_path / "runs", jobs=2)
+    assert "rows.jsonl:2" in (tmp_path / "runs" / "broken-s0.log").read_text()
 
 
 def test_score_run_by_hand(tmp_path):

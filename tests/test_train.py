@@ -207,3 +207,36 @@ def test_static_weights_silence_a_task_and_sampling_moves_prompts(tmp_path, cach
         # the next batch follows the probabilities: 2 prompts each, 2 more by largest remainder
         expected = 2 + round(2 * probs[0])
         assert after["task/left/prompts"] == expected
+
+
+@pytest.mark.slow
+def test_cli_compare_in_worker_processes_then_reuses(tmp_path, cache):
+    base = [*SMALL, f"model.cache_dir={cache}", "tasks=arithmetic,table_qa", "steps=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "taskgrad.cli",
+        "compare",
+        "--strategies",
+        "uniform,static",
+        "--static-weights",
+        "2,1",
+        "--seeds",
+        "1",
+        "--jobs",
+        "2",
+        "--out",
+        str(tmp_path),
+        *base,
+    ]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr
+    for name in ("uniform-s0", "static-s0"):
+        assert (tmp_path / "runs" / name / "summary.json").exists()
+        assert "[" in (tmp_path / "runs" / f"{name}.log").read_text()  # its own log
+    table = (tmp_path / "compare.md").read_text()
+    assert "`static` weights: [2, 1]." in table
+    assert [ln.split(" | ")[0] for ln in table.splitlines() if ln.startswith("| ") and
+            not ln.startswith("| strategy")] == ["| uniform", "| static"]  # fmt: skip
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "reusing 2 finished run(s)" in again.stdout

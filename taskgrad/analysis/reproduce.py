@@ -1,7 +1,7 @@
 """``taskgrad reproduce``: the paper's experiments on the embedded tiny model, then one report.
 
-Runs, each an independent ``taskgrad.train.train`` call (one after another in this process, or
-``jobs`` at a time in worker processes, see ``run_all``):
+Runs, each an independent ``taskgrad.train.train`` call in a fresh process (``jobs`` at a time,
+see ``run_all``):
 
     default  (heterogeneous 4-task mix)       x ``seeds``
     math3    (math of three difficulties)      x ``seeds``
@@ -83,79 +83,109 @@ def plan(
     return runs
 
 
-def run_planned(planned: Planned, runs_root: Path) -> Path:
-    """Train one planned run, or reuse / resume it (see the module docstring)."""
+def finished(planned: Planned, runs_root: Path) -> Path | None:
+    """The planned run's directory if it already finished; None if it must (re)train.
+
+    Raises if the directory holds a run of another configuration (nothing is overwritten).
+    """
     from taskgrad.analysis.runs import config_key
     from taskgrad.config import load_config, to_dict
     from taskgrad.rundir import RunDir
-    from taskgrad.train import train
 
     cfg = load_config(planned.preset, [*planned.overrides, f"runs_root={runs_root}"])
     path = runs_root / planned.name
-    if path.exists() and (path / "config.yaml").exists():
+    if (path / "config.yaml").exists():
         held = RunDir.load_config(path)
         if config_key(to_dict(held)) != config_key(to_dict(cfg)):
             raise ValueError(f"{path} holds a run of another configuration; use a new --out")
         if (path / "summary.json").exists():
             return path
-        if RunDir(path).checkpoints():
-            return train(held, path, resume=True)
+    return None
+
+
+def run_planned(planned: Planned, runs_root: Path) -> Path:
+    """Train one planned run, or reuse / resume it (see the module docstring)."""
+    from taskgrad.config import load_config
+    from taskgrad.rundir import RunDir
+    from taskgrad.train import train
+
+    done = finished(planned, runs_root)
+    if done is not None:
+        return done
+    path = runs_root / planned.name
+    if (path / "config.yaml").exists() and RunDir(path).checkpoints():
+        return train(RunDir.load_config(path), path, resume=True)
     if path.exists():
         shutil.rmtree(path)  # started, never checkpointed: nothing worth keeping
+    cfg = load_config(planned.preset, [*planned.overrides, f"runs_root={runs_root}"])
     return train(cfg, path)
 
 
 def run_all(runs: list[Planned], runs_root: Path, jobs: int = 1) -> list[Path]:
     """Train (or reuse / resume) each planned run; their paths, in plan order.
 
-    ``jobs=1`` trains them one after another in this process. ``jobs>1`` trains up to ``jobs`` at
-    a time, each in a fresh process (spawned, so no state leaks between runs) with
-    ``cpu_count // jobs`` torch threads and its output in ``<runs_root>/<name>.log``; a failed
-    run does not stop the others, and the error names every failed run and its log.
+    Finished runs are reused. Every other run trains in a fresh process (spawned, so nothing
+    leaks from one run into the next), up to ``jobs`` at a time, each with ``OMP_NUM_THREADS``
+    torch threads if set, else ``cpu_count // jobs``. With one job the run's output (progress
+    bar) is this terminal's; with several, each run writes ``<runs_root>/<name>.log``. A failed
+    run does not stop the others; the error names every failed run (and its log).
     """
-    if jobs < 1:
-        raise ValueError(f"jobs: must be at least 1, got {jobs}")
-    if jobs == 1:
-        paths = []
-        for i, planned in enumerate(runs, start=1):
-            print(f"[{i}/{len(runs)}] {planned.name}", flush=True)
-            paths.append(run_planned(planned, runs_root))
-        return paths
     import multiprocessing as mp
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    if jobs < 1:
+        raise ValueError(f"jobs: must be at least 1, got {jobs}")
+    results = {p.name: finished(p, runs_root) for p in runs}
+    todo = [p for p in runs if results[p.name] is None]
+    if len(todo) < len(runs):
+        print(f"reusing {len(runs) - len(todo)} finished run(s) in {runs_root}", flush=True)
+    if not todo:
+        return [results[p.name] for p in runs]
     runs_root.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    results: dict[str, Path] = {}
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    threads = int(env) if env.isdigit() and int(env) > 0 else max(1, (os.cpu_count() or 1) // jobs)
+    log = jobs > 1
     failed: list[str] = []
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_logged, p, runs_root, threads): p for p in runs}
+        futures = {
+            pool.submit(_run_worker, p, runs_root, threads, log, f"[{i}/{len(todo)}] {p.name}"): p
+            for i, p in enumerate(todo, start=1)
+        }
         for done, future in enumerate(as_completed(futures), start=1):
             planned = futures[future]
+            where = f", log {runs_root / f'{planned.name}.log'}" if log else ""
             try:
                 results[planned.name] = future.result()
-                print(f"[{done}/{len(runs)}] {planned.name}: done", flush=True)
-            except Exception as e:  # reported below with the run's log
-                log = runs_root / f"{planned.name}.log"
-                failed.append(f"{planned.name} ({type(e).__name__}: {e}; log {log})")
-                print(f"[{done}/{len(runs)}] {planned.name}: FAILED, see {log}", flush=True)
+                print(f"[{done}/{len(todo)}] {planned.name}: done", flush=True)
+            except Exception as e:  # reported below, with the run's log
+                failed.append(f"{planned.name} ({type(e).__name__}: {e}{where})")
+                print(f"[{done}/{len(todo)}] {planned.name}: FAILED{where}", flush=True)
     if failed:
         raise RunsFailed(f"{len(failed)} run(s) failed: " + "; ".join(failed))
     return [results[p.name] for p in runs]
 
 
-def _run_logged(planned: Planned, runs_root: Path, threads: int) -> Path:
-    """One planned run in a worker process: ``threads`` torch threads, output to its log."""
+def _run_worker(planned: Planned, runs_root: Path, threads: int, log: bool, label: str) -> Path:
+    """One planned run in its worker process: ``threads`` torch threads; output to its log."""
     import contextlib
+    import traceback
 
     import torch
 
     torch.set_num_threads(threads)
-    planned = Planned(planned.name, planned.preset, [*planned.overrides, "progress=false"])
-    log = open(runs_root / f"{planned.name}.log", "a")  # noqa: SIM115 - closed below
-    with log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    if not log:
+        print(label, flush=True)
         return run_planned(planned, runs_root)
+    planned = Planned(planned.name, planned.preset, [*planned.overrides, "progress=false"])
+    out = open(runs_root / f"{planned.name}.log", "a")  # noqa: SIM115 - closed below
+    with out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        print(label, flush=True)
+        try:
+            return run_planned(planned, runs_root)
+        except BaseException:
+            traceback.print_exc()  # into the log; the parent names the run and the error
+            raise
 
 
 def reproduce(
