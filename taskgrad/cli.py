@@ -206,8 +206,9 @@ def add_compare_parser(sub) -> None:
     )
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. steps=60")
     p.add_argument(
-        "--strategies", default="uniform,equal_norm,mgda,gain_aware",
-        help="comma-separated registered strategies (the baseline is added if missing)",
+        "--strategies", default="uniform,static,equal_norm,mt_grpo,gain_aware",
+        help="comma-separated registered strategies (the baseline is added if missing); static is "
+        "tuned by a sweep first unless --static-weights is given",
     )  # fmt: skip
     p.add_argument("--baseline", default="uniform", help="the strategy differences are paired to")
     p.add_argument("--seeds", type=int, default=3, help="seeds per strategy (default 3)")

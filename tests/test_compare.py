@@ -67,7 +67,13 @@ def test_tuned_static_is_the_best_of_the_sweep_and_is_compared(tmp_path):
     sweep = (out / "tune_static.md").read_text()
     chosen = [line for line in sweep.splitlines() if line.endswith("| yes |")]
     assert chosen == [line for line in sweep.splitlines() if line.startswith("| [1, 1, 2, 1]")]
-    assert "`static` weights: [1, 1, 2, 1]" in (out / "compare.md").read_text()
+    table = (out / "compare.md").read_text()
+    assert "`static` weights: [1, 1, 2, 1]" in table
+    assert "| mean vs uniform | worst vs uniform | mean vs static | worst vs static |" in table
+    uniform_row = next(line for line in table.splitlines() if line.startswith("| uniform"))
+    assert uniform_row.endswith("| - | - | -2.0 [-2.0, -2.0] | -2.0 [-2.0, -2.0] |")
+    figures = sorted(p.name for p in (out / "figures").glob("*forest*"))
+    assert figures == ["03-compare-forest-uniform.png", "04-compare-forest-static.png"]
     # the static runs found under runs/ are reused only because their weights are the chosen ones
     assert tune_static("default", out, common) == [1, 1, 2, 1]
 
@@ -134,7 +140,7 @@ def test_compare_reuses_runs_and_recovers_the_planted_lift(tmp_path):
     assert (out / "report.html").exists()
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures == [
-        "01-compare-curves.png", "02-compare-tasks.png", "03-compare-forest.png",
+        "01-compare-curves.png", "02-compare-tasks.png", "03-compare-forest-uniform.png",
         "04-compare-effort.png", "05-compare-imbalance.png",
     ]  # fmt: skip
     by = {n: [load_run(runs / f"{n}-s{s}") for s in (0, 1)] for n in ("uniform", "equal_norm")}

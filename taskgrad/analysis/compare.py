@@ -15,8 +15,9 @@ The comparison table, per strategy, over seeds (mean and a 95% t-interval across
                              (runs that never reach it count as not reached, shown as n/N)
     imbalance                median over steps of the largest/smallest unbiased squared norm
 
-and the difference of each strategy to the baseline (default ``uniform``) with a paired
-interval (seeds are paired: same seed, same prompts at step 1).
+and the difference of each strategy to the baseline (default ``uniform``) and to the tuned
+``static`` mix, each with a paired interval (seeds are paired: same seed, same prompts at step 1,
+same held-out set).
 
 ``static`` is compared as a *tuned* mixture: unless its weights are given, a small sweep
 (``static_grid``: the uniform mix and each task in turn weighted ``factor``) is trained first on
@@ -201,19 +202,29 @@ def _fmt(m: float, lo: float, hi: float, pct: bool = True) -> str:
     return f"{f(m)} [{f(lo)}, {f(hi)}]" if math.isfinite(lo) else f(m)
 
 
+def references(strategies: list[str], baseline: str) -> list[str]:
+    """What differences are paired against: the baseline, and the tuned ``static`` if run."""
+    return [baseline] + (["static"] if "static" in strategies and baseline != "static" else [])
+
+
 def table_rows(
     scores: list[RunScore], baseline: str, target: float
 ) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the comparison table (accuracies in points), one row per strategy."""
+    """Header and rows of the comparison table (accuracies in points), one row per strategy.
+
+    Differences (paired by seed) are to the baseline and, when it ran, to the tuned ``static``.
+    """
     by: dict[str, list[RunScore]] = {}
     for s in scores:
         by.setdefault(s.strategy, []).append(s)
-    base = {s.seed: s for s in by.get(baseline, [])}
+    refs = references(list(by), baseline)
     header = [
         "strategy", "seeds", "final mean acc.", "final worst-task acc.", "AUC (mean acc.)",
         f"steps to worst >= {target:.2f}", "imbalance (median)", "tokens / step",
-        "train min / run", f"mean vs {baseline}", f"worst vs {baseline}",
+        "train min / run",
     ]  # fmt: skip
+    for ref in refs:
+        header += [f"mean vs {ref}", f"worst vs {ref}"]
     rows = []
     for name, runs in by.items():
         reached = [r.steps_to_target for r in runs if math.isfinite(r.steps_to_target)]
@@ -222,25 +233,29 @@ def table_rows(
             if reached
             else f"- (0/{len(runs)})"
         )
-        d_mean = [r.final_mean - base[r.seed].final_mean for r in runs if r.seed in base]
-        d_worst = [r.final_worst - base[r.seed].final_worst for r in runs if r.seed in base]
         tokens = [r.tokens_per_step for r in runs if math.isfinite(r.tokens_per_step)]
         minutes = [r.minutes for r in runs if math.isfinite(r.minutes)]
-        rows.append(
-            [
-                name,
-                str(len(runs)),
-                _fmt(*t_interval([r.final_mean for r in runs])),
-                _fmt(*t_interval([r.final_worst for r in runs])),
-                _fmt(*t_interval([r.auc for r in runs])),
-                steps,
-                _fmt(*t_interval([r.imbalance for r in runs]), pct=False),
-                f"{np.mean(tokens):.0f}" if tokens else "-",
-                f"{np.mean(minutes):.1f}" if minutes else "-",
-                _fmt(*t_interval(d_mean)) if name != baseline else "-",
-                _fmt(*t_interval(d_worst)) if name != baseline else "-",
+        row = [
+            name,
+            str(len(runs)),
+            _fmt(*t_interval([r.final_mean for r in runs])),
+            _fmt(*t_interval([r.final_worst for r in runs])),
+            _fmt(*t_interval([r.auc for r in runs])),
+            steps,
+            _fmt(*t_interval([r.imbalance for r in runs]), pct=False),
+            f"{np.mean(tokens):.0f}" if tokens else "-",
+            f"{np.mean(minutes):.1f}" if minutes else "-",
+        ]
+        for ref in refs:
+            base = {s.seed: s for s in by[ref]}
+            d_mean = [r.final_mean - base[r.seed].final_mean for r in runs if r.seed in base]
+            d_worst = [r.final_worst - base[r.seed].final_worst for r in runs if r.seed in base]
+            same = name == ref
+            row += [
+                "-" if same else _fmt(*t_interval(d_mean)),
+                "-" if same else _fmt(*t_interval(d_worst)),
             ]
-        )
+        rows.append(row)
     return header, rows
 
 
@@ -357,7 +372,8 @@ def write_report(
     doc.heading("Accuracy over training")
     doc.figure(C.fig_curves(by, baseline))
     doc.figure(C.fig_tasks(by, baseline))
-    doc.figure(C.fig_forest(by, baseline))
+    for ref in references(list(by), baseline):
+        doc.figure(C.fig_forest(by, ref))
     task_rows = []
     for name, rs in by.items():
         finals = [C.heldout(r).iloc[-1] for r in rs]

@@ -133,7 +133,7 @@ def fig_forest(by: Runs, baseline: str) -> F.Fig:
         "tasks, left; worst task, right); dots: mean difference with its 95% t-interval over "
         "seeds; crosses: single seeds; dotted: the comparison's aims."
     )
-    return F.Fig("compare-forest", fig, caption)
+    return F.Fig(f"compare-forest-{baseline}", fig, caption)
 
 
 def effort(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:
