@@ -318,3 +318,16 @@ def test_generated_answers_are_right() -> None:
         assert int(a) * int(sample.answer) + int(b) == int(right)
     for sample in TASKS.get("table_qa")().eval_set():
         assert TASKS.get("table_qa")().reward(sample, sample.answer).value == 1
+
+
+def test_expression_parsing_of_model_output_is_silent() -> None:
+    """'1if' makes Python's parser warn (invalid decimal literal); model output must not reach
+    stderr, and with warnings as errors the text is still just rejected."""
+    import warnings
+
+    from taskgrad.tasks.expressions import ExpressionError, evaluate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ExpressionError):
+            evaluate("1if 2 else 3")
