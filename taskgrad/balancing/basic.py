@@ -22,7 +22,14 @@ class Uniform(Strategy):
 
 @STRATEGIES.register("static")
 class Static(Strategy):
-    """Fixed multipliers on each task's contribution (option ``weights``, one per task)."""
+    """Fixed multipliers on each task's contribution (option ``weights``, one per task).
+
+    The mixture baseline every correction must beat. ``taskgrad compare`` tunes it first: a
+    small sweep (uniform, and each task in turn weighted 2) on tuning seeds disjoint from the
+    comparison's, keeping the best by (final mean + worst-task held-out accuracy) / 2.
+    Weights act on the task's per-token loss weights, i.e. like a per-task learning-rate
+    multiplier under SGD; under AdamW only their ratios matter to first order.
+    """
 
     name = "static"
     needs_gradients = False
