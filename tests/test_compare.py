@@ -11,6 +11,7 @@ from taskgrad.analysis.compare import (
     TUNE_SEED,
     compare,
     plan,
+    ratio_interval,
     score_run,
     static_grid,
     t_interval,
@@ -120,6 +121,14 @@ def test_t_interval_by_hand():
         and hi - m == pytest.approx(2.484, abs=1e-3)
         and m - lo == pytest.approx(2.484, abs=1e-3)
     )
+
+
+def test_ratio_interval_is_geometric_by_hand():
+    m, lo, hi = ratio_interval([1.0, 10.0, 100.0])
+    # logs 0, ln10, 2 ln10: mean ln10 -> 10; half-width 4.303 * ln10 / sqrt(3) -> x/ 304.9
+    assert m == pytest.approx(10.0)
+    assert hi / m == pytest.approx(m / lo) and hi / m == pytest.approx(304.9, rel=1e-3)
+    assert ratio_interval([4.0, -1.0, math.nan])[0] == pytest.approx(4.0)  # only positive ratios
 
 
 def test_compare_reuses_runs_and_recovers_the_planted_lift(tmp_path):

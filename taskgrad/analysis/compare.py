@@ -14,6 +14,7 @@ The comparison table, per strategy, over seeds (mean and a 95% t-interval across
     steps to target          first evaluated step whose worst-task accuracy >= target
                              (runs that never reach it count as not reached, shown as n/N)
     imbalance                median over steps of the largest/smallest unbiased squared norm
+                             (geometric mean over seeds, t-interval of the logs)
 
 and the difference of each strategy to the baseline (default ``uniform``) and to the tuned
 ``static`` mix, each with a paired interval (seeds are paired: same seed, same prompts at step 1,
@@ -195,6 +196,12 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
+def ratio_interval(values: list[float]) -> tuple[float, float, float]:
+    """Geometric mean and 95% t-interval of positive ratios (the t-interval of their logs)."""
+    logs = [math.log(v) for v in values if math.isfinite(v) and v > 0]
+    return tuple(math.exp(x) if math.isfinite(x) else math.nan for x in t_interval(logs))
+
+
 def _fmt(m: float, lo: float, hi: float, pct: bool = True) -> str:
     if not math.isfinite(m):
         return "-"
@@ -242,7 +249,7 @@ def table_rows(
             _fmt(*t_interval([r.final_worst for r in runs])),
             _fmt(*t_interval([r.auc for r in runs])),
             steps,
-            _fmt(*t_interval([r.imbalance for r in runs]), pct=False),
+            _fmt(*ratio_interval([r.imbalance for r in runs]), pct=False),
             f"{np.mean(tokens):.0f}" if tokens else "-",
             f"{np.mean(minutes):.1f}" if minutes else "-",
         ]
@@ -356,8 +363,10 @@ def write_report(
         "Final: at the last evaluation. AUC: trapezoid area under the mean-accuracy curve over the "
         "evaluated steps, divided by their span. Imbalance: median over steps of the largest / "
         "smallest unbiased squared task-gradient norm (raw gradients, before the strategy's "
-        "weights). Tokens / step: completion tokens generated per training step. Train min: sum "
-        "of step times (evaluation and probes excluded).",
+        "weights); geometric mean over seeds with the t-interval of the logs. Tokens / step: "
+        "completion tokens generated per training step (the budget is matched; what is generated "
+        "depends on which tasks are sampled and how long the policy answers). Train min: sum of "
+        "step times (evaluation and probes excluded).",
         note=True,
     )
     if (out / "tune_static.md").exists():
