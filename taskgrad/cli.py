@@ -232,7 +232,8 @@ def add_compare_parser(sub) -> None:
 def add_jobs_argument(p) -> None:
     p.add_argument(
         "--jobs", type=int, default=1,
-        help="runs trained at a time, each in its own process with cpu_count/jobs threads",
+        help="runs trained at a time, each in a fresh process with OMP_NUM_THREADS (if set) or "
+        "cpu_count/jobs torch threads; with several jobs each run logs to <runs>/<name>.log",
     )  # fmt: skip
 
 
