@@ -69,7 +69,7 @@ def test_tuned_static_is_the_best_of_the_sweep_and_is_compared(tmp_path):
     chosen = [line for line in sweep.splitlines() if line.endswith("| yes |")]
     assert chosen == [line for line in sweep.splitlines() if line.startswith("| [1, 1, 2, 1]")]
     table = (out / "compare.md").read_text()
-    assert "`static` weights: [1, 1, 2, 1]" in table
+    assert "`static` weights: [1, 1, 2, 1] (tuned, see tune_static.md)." in table
     assert "| mean vs uniform | worst vs uniform | mean vs static | worst vs static |" in table
     uniform_row = next(line for line in table.splitlines() if line.startswith("| uniform"))
     assert uniform_row.endswith("| - | - | -2.0 [-2.0, -2.0] | -2.0 [-2.0, -2.0] |")

@@ -297,8 +297,9 @@ def compare(
     out = Path(out)
     check_overrides(overrides)
     options: dict[str, list[str]] = {}
+    tuned = "static" in strategies and static_weights is None
     if "static" in strategies:
-        if static_weights is None:
+        if tuned:
             static_weights = tune_static(preset, out, overrides, seeds=tune_seeds, jobs=jobs)
         options["static"] = [weights_override(static_weights)]
     paths = run_all(plan(strategies, seeds, preset, overrides, options), out / "runs", jobs)
@@ -312,13 +313,13 @@ def compare(
     if static_weights is not None and "static" in strategies:
         w = ", ".join(f"{x:g}" for x in static_weights)
         intro += f" `static` weights: [{w}]" + (
-            " (tuned, see tune_static.md)." if (out / "tune_static.md").exists() else "."
+            " (tuned, see tune_static.md)." if tuned else " (given)."
         )
     table = comparison_table(scores, baseline, target)
     out.mkdir(parents=True, exist_ok=True)
     title = f"taskgrad compare on preset {preset}"
     (out / "compare.md").write_text(f"# {title}\n\n{intro}\n\n{table}")
-    write_report(out, title, intro, runs, scores, baseline, target)
+    write_report(out, title, intro, runs, scores, baseline, target, tuned)
     if diagnostics:
         from taskgrad.analysis.report import build_report
 
@@ -345,8 +346,10 @@ def write_report(
     scores: list[RunScore],
     baseline: str,
     target: float,
+    tuned: bool = False,
 ) -> None:
-    """report.html / report.md of a comparison (figures: compare_report.py)."""
+    """report.html / report.md of a comparison (figures: compare_report.py); ``tuned``: the
+    static weights came from this comparison's sweep (tune_static.md), which is then shown."""
     from taskgrad.analysis import compare_report as C
     from taskgrad.analysis import figures as F
     from taskgrad.analysis.document import Document
@@ -369,7 +372,7 @@ def write_report(
         "step times (evaluation and probes excluded).",
         note=True,
     )
-    if (out / "tune_static.md").exists():
+    if tuned and (out / "tune_static.md").exists():
         doc.heading("The tuned static baseline")
         lines = (out / "tune_static.md").read_text().splitlines()
         table = [ln for ln in lines if ln.startswith("|")]
