@@ -9,10 +9,6 @@ one-line message naming the field. ``to_dict`` gives the resolved tree that a ru
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,17 +16,22 @@ from typing import Any, Literal
 
 import yaml
 
+from taskgrad.schema import ConfigError, from_dict, need, to_dict
 
-class ConfigError(ValueError):
-    """A bad config value; the message is one line that names the field."""
+__all__ = ["Config", "ConfigError", "from_dict", "load_config", "need", "to_dict"]
 
 
 @dataclass
 class TaskSpec:
     name: str  # instance name, used in metric keys (task/<name>/reward)
-    type: str | None = None  # registered task class; defaults to `name`
+    type: str | None = None  # registered task, or package.module:Class; defaults to `name`
     weight: float = 1.0  # mixture weight: prompts per step are proportional to it
-    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the task class
+    options: dict[str, Any] = field(default_factory=dict)  # the task class's Options fields
+
+    @classmethod
+    def from_name(cls, name: str) -> dict[str, Any]:
+        """``tasks: [code, countdown]`` is short for ``[{name: code}, {name: countdown}]``."""
+        return {"name": name}
 
 
 @dataclass
@@ -73,10 +74,16 @@ class RolloutConfig:
 @dataclass
 class GRPOConfig:
     scale_rewards: bool = True  # divide advantages by the group std (False: Dr. GRPO)
+    # the group std: population (divide by G, this project's default) or sample (G - 1, Bessel's
+    # correction, as TRL and verl compute it)
+    reward_std: Literal["population", "sample"] = "population"
     loss_agg: Literal["token_mean", "seq_mean", "constant"] = "token_mean"
     loss_constant: int | None = None  # normaliser of loss_agg=constant; default max_new_tokens
     clip_eps: float = 0.2  # PPO clip range (low)
     clip_eps_high: float | None = None  # upper clip range (DAPO clip-higher); default clip_eps
+    # verl's dual clip: for negative advantages the ratio's loss is capped at dual_clip * |A|
+    # (> 1; verl uses 3.0); None disables it. Matters with several inner updates.
+    dual_clip: float | None = None
     inner_updates: int = 1  # optimizer steps per rollout batch (PPO epochs)
     kl_coef: float = 0.0  # beta of the k3 KL penalty to the reference (initial) policy
     micro_batch_size: int = 64  # sequences per forward/backward
@@ -121,8 +128,8 @@ class DiagnosticsConfig:
 class BalanceConfig:
     """Gradient-level correction between tasks (taskgrad/balancing)."""
 
-    strategy: str = "uniform"  # a registered strategy; uniform is plain multi-task GRPO
-    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the strategy
+    strategy: str = "uniform"  # registered, or package.module:Class; uniform is plain GRPO
+    options: dict[str, Any] = field(default_factory=dict)  # the strategy's Options fields
 
 
 @dataclass
@@ -222,106 +229,6 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# --- validation ------------------------------------------------------------------------------
-
-
-def _check(tp: Any, value: Any, where: str) -> Any:
-    """Validate ``value`` against the annotation ``tp``; return it converted (int -> float...)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check(arg, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if origin is Literal:
-        valid = typing.get_args(tp)
-        if value not in valid:
-            raise ConfigError(
-                f"{where}: invalid value {value!r}; valid: {', '.join(map(str, valid))}"
-            )
-        return value
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_check(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        items = typing.get_args(tp)
-        if not isinstance(value, list | tuple) or len(value) != len(items):
-            raise ConfigError(f"{where}: expected {len(items)} values, got {value!r}")
-        return tuple(
-            _check(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(items, value, strict=True))
-        )
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if tp is Any:
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover - schema bug
-
-
-def from_dict(cls: type, data: Any, where: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys by name.
-
-    ``where`` is the dotted path of ``data`` in the tree, used in error messages.
-    """
-    if isinstance(data, str) and cls is TaskSpec:
-        data = {"name": data}
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    prefix = f"{where}." if where else ""
-    for key in data:
-        if key not in fields:
-            raise ConfigError(f"config: unknown key '{prefix}{key}'; valid: {', '.join(fields)}")
-    kwargs = {k: _check(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # a required field is missing
-        raise ConfigError(f"{where or 'config'}: {e}") from None
-
-
-def to_dict(cfg: Any) -> Any:
-    if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-    if isinstance(cfg, list | tuple):
-        return [to_dict(v) for v in cfg]
-    return cfg
-
-
 def validate(cfg: Config) -> Config:
     """Checks that span fields: positive sizes, known tasks, unique task names."""
     from taskgrad.tasks import TASKS
@@ -351,20 +258,18 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("tasks: at least one task is needed")
     names = [t.name for t in cfg.tasks]
     for i, spec in enumerate(cfg.tasks):
-        kind = spec.type or spec.name
-        if kind not in TASKS:
-            raise ConfigError(f"tasks[{i}].type: unknown task {kind!r}; valid: {', '.join(TASKS)}")
         if names.count(spec.name) > 1:
             raise ConfigError(f"tasks[{i}].name: task name {spec.name!r} is used twice")
         if spec.weight <= 0:
             raise ConfigError(f"tasks[{i}].weight: must be positive, got {spec.weight!r}")
+        _plugin_options(TASKS, spec.type or spec.name, spec.options, f"tasks[{i}]")
     if cfg.diagnostics.every <= 0:
         raise ConfigError(f"diagnostics.every: must be positive, got {cfg.diagnostics.every!r}")
     from taskgrad.balancing import STRATEGIES
 
-    if cfg.balance.strategy not in STRATEGIES:
-        name, valid = cfg.balance.strategy, ", ".join(STRATEGIES)
-        raise ConfigError(f"balance.strategy: unknown strategy {name!r}; valid: {valid}")
+    _plugin_options(
+        STRATEGIES, cfg.balance.strategy, cfg.balance.options, "balance", num_tasks=len(cfg.tasks)
+    )
     if cfg.balance.strategy != "uniform":
         d = cfg.diagnostics
         if not d.enabled or d.every != 1 or d.scope != "full":
@@ -372,9 +277,26 @@ def validate(cfg: Config) -> Config:
                 "balance.strategy: a balancing strategy needs the group gradients of every step: "
                 "diagnostics.enabled=true, diagnostics.every=1, diagnostics.scope=full"
             )
+    need(
+        cfg.grpo.dual_clip is None or cfg.grpo.dual_clip > 1,
+        "grpo.dual_clip",
+        f"a number > 1 or null, got {cfg.grpo.dual_clip!r}",
+    )
     if cfg.eval.every < 0:
         raise ConfigError(f"eval.every: must be >= 0, got {cfg.eval.every!r}")
     return cfg
+
+
+def _plugin_options(registry, name: str, options: dict, where: str, **context) -> Any:
+    """The plug-in's validated Options; unknown plug-ins and bad options are one-line errors."""
+    from taskgrad.registry import parse_options
+
+    kind = "type" if where.startswith("tasks[") else "strategy"
+    try:
+        cls = registry.get(name)
+    except KeyError as e:
+        raise ConfigError(f"{where}.{kind}: {e.args[0]}") from None
+    return parse_options(cls, options, f"{where}.options", **context)
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:

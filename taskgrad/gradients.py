@@ -28,6 +28,10 @@ The unbiased estimate can be negative when noise dominates; it is logged as is. 
 normalisation divides by a random token count, which makes <g_kA, g_kB> a ratio estimator with
 an O(1/n) bias; with fixed normalisers (seq_mean, constant) it is exactly unbiased.
 
+**Noise.** At small batches the split-half estimate is mostly noise at any one step: these are
+per-step *estimates*. Sums of unbiased terms stay unbiased, so aggregate over a window of steps
+first and take ratios, logs or cosines of the sums (taskgrad.analysis), never the reverse.
+
 **Scopes.** Buffers exist only for the parameters in scope (``full``, ``proxy`` = the last attention
 block, or a regex). Per-parameter Grams are summed into per-layer, per-module-kind and proxy
 scopes, so all of them come from one pass over the buffers.
@@ -38,7 +42,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 
@@ -157,6 +160,23 @@ class GroupGradients:
         """Concatenate per-parameter tensors aligned with the scope into one [P] vector."""
         return torch.cat([t.reshape(-1).to(self.buffer.dtype) for t in tensors])
 
+    def snapshot(self) -> torch.Tensor:
+        """A flat copy of the in-scope parameters, [P] (to measure the applied update)."""
+        with torch.no_grad():
+            return self.flat([p.detach() for _, p in self.params])
+
+    def clone_params(self) -> list[torch.Tensor]:
+        """Copies of the in-scope parameters, to be put back with ``assign``."""
+        return [p.detach().clone() for _, p in self.params]
+
+    @torch.no_grad()
+    def assign(self, values: list[torch.Tensor], delta: torch.Tensor | None = None) -> None:
+        """Set the in-scope parameters to ``values`` (from ``clone_params``), plus ``delta`` [P]."""
+        for (_, p), v, lo, hi in zip(
+            self.params, values, self.offsets[:-1], self.offsets[1:], strict=True
+        ):
+            p.copy_(v if delta is None else v + delta[lo:hi].view_as(p).to(p.dtype))
+
 
 def scope_members(names: list[str], breakdown: bool) -> dict[str, list[int]]:
     """Scope name -> indices of parameters (into ``names``) that it sums over."""
@@ -170,17 +190,6 @@ def scope_members(names: list[str], breakdown: bool) -> dict[str, list[int]]:
             if layer is not None:
                 scopes.setdefault(f"layer{layer:02d}", []).append(i)
     return {k: v for k, v in scopes.items() if v}
-
-
-@dataclass
-class HalfShares:
-    """s_kh: each (task, half)'s share of the batch's token weights, as a [K, 2] tensor."""
-
-    shares: torch.Tensor  # [K, 2]
-
-    @property
-    def task(self) -> torch.Tensor:
-        return self.shares.sum(1)  # [K]
 
 
 def _inv(x: torch.Tensor) -> torch.Tensor:
@@ -234,25 +243,3 @@ def imbalance_ratio(sqnorms: torch.Tensor) -> float:
     """Largest over smallest positive unbiased squared norm; NaN with fewer than two."""
     pos = sqnorms[torch.isfinite(sqnorms) & (sqnorms > 0)]
     return float(pos.max() / pos.min()) if pos.numel() >= 2 else math.nan
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    """Rank correlation (average ranks for ties) of finite pairs; NaN with fewer than 3 pairs."""
-    pairs = [(a, b) for a, b in zip(x, y, strict=True) if math.isfinite(a) and math.isfinite(b)]
-    if len(pairs) < 3:
-        return math.nan
-
-    def ranks(v: list[float]) -> torch.Tensor:
-        t = torch.tensor(v, dtype=torch.float64)
-        order = t.argsort()
-        r = torch.empty_like(t)
-        r[order] = torch.arange(len(v), dtype=torch.float64)
-        for value in t.unique():  # average ranks of ties
-            tie = t == value
-            r[tie] = r[tie].mean()
-        return r
-
-    rx, ry = ranks([a for a, _ in pairs]), ranks([b for _, b in pairs])
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = (rx.norm() * ry.norm()).item()
-    return float((rx @ ry).item() / denom) if denom > 0 else math.nan

@@ -6,10 +6,19 @@ DeepSeekMath) uses the group-normalised advantage, shared by every token of o_i:
     A_i = (r_i - mean_j r_j) / (std_j r_j + eps)    (scale_rewards=True)
     A_i =  r_i - mean_j r_j                         (scale_rewards=False: Dr. GRPO, Liu et al. 2025)
 
+with std the population standard deviation (divide by G; ``reward_std="population"``, the
+default here) or the sample one (G - 1, Bessel's correction: ``reward_std="sample"``, what TRL's
+``torch.std`` and verl compute). With binary rewards they differ by the factor sqrt(G / (G - 1)),
+a per-group constant that AdamW largely absorbs but that changes the relative size of groups.
+
 and maximises the PPO-clipped surrogate per token t of o_i, with rho = pi(o_it) / pi_old(o_it):
 
     l_it = -min(rho * A_i, clip(rho, 1 - eps_low, 1 + eps_high) * A_i) + beta * KL_it
     KL_it = exp(ref - logp) - (ref - logp) - 1          (the k3 estimator, as in GRPO)
+
+With ``dual_clip`` = c > 1 (verl's clip_ratio_c; Ye et al. 2020), a token with negative advantage
+has its loss capped at -c * A_i, so a ratio far above 1 cannot make the loss unbounded; this only
+acts when rho > c, i.e. after several inner updates on one batch.
 
 The loss is a weighted sum L = sum_it c_it * l_it, whose per-token weights c_it are fixed by the
 loss aggregation *for the whole batch before any backward*:
@@ -22,9 +31,10 @@ Because the weights are global, the loss of any subset of sequences is just the 
 tokens, so gradients of task-pure micro-batches add up exactly to the full-batch gradient — this
 is what makes per-task gradients free (see gradients.py).
 
-Departures from the GRPO paper, all deliberate: the std uses the population formula (G in the
-denominator) as TRL does; token_mean is the default aggregation (as in DAPO, TRL and verl); the KL
-term is off by default (beta=0, as in DAPO and Dr. GRPO); the std is taken over the group only.
+Departures from the GRPO paper, all deliberate: the std is the population one by default (above;
+TRL and verl use Bessel's correction); token_mean is the default aggregation (as in DAPO, TRL and
+verl); the KL term is off by default (beta=0, as in DAPO and Dr. GRPO); the std is taken over the
+group only; dual clip is off by default (verl's default is on, c = 3).
 """
 
 from __future__ import annotations
@@ -37,13 +47,18 @@ from taskgrad.registry import Registry
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, scale_rewards: bool = True, eps: float = 1e-4
+    rewards: torch.Tensor,
+    group_size: int,
+    scale_rewards: bool = True,
+    eps: float = 1e-4,
+    reward_std: str = "population",
 ) -> torch.Tensor:
     """Group-normalised advantages of ``rewards`` [B*G], each prompt's G completions adjacent."""
     grouped = rewards.view(-1, group_size)  # [B, G]
     centred = grouped - grouped.mean(dim=1, keepdim=True)  # [B, G]
     if scale_rewards:
-        centred = centred / (grouped.std(dim=1, unbiased=False, keepdim=True) + eps)
+        unbiased = {"population": False, "sample": True}[reward_std]
+        centred = centred / (grouped.std(dim=1, unbiased=unbiased, keepdim=True) + eps)
     return centred.reshape(-1)  # [B*G]
 
 
@@ -89,6 +104,7 @@ def policy_loss(
     clip_eps_high: float | None = None,
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    dual_clip: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted clipped surrogate over a micro-batch.
 
@@ -102,6 +118,8 @@ def policy_loss(
     unclipped = ratio * adv
     clipped = ratio.clamp(1.0 - clip_eps, 1.0 + high) * adv
     per_token = -torch.minimum(unclipped, clipped)  # [b, L]
+    if dual_clip is not None:  # cap the loss of negative-advantage tokens at -c A
+        per_token = torch.where(adv < 0, torch.minimum(per_token, -dual_clip * adv), per_token)
     mask = (weights > 0).float()
     stats = {"clipped_rows": ((clipped < unclipped).float() * mask).sum(1).detach()}  # [b]
     if ref_logprobs is not None and kl_coef > 0:

@@ -1,8 +1,9 @@
 """Sampling completions: the batch layout every later phase reads.
 
 A ``Rollout`` holds B prompts x G completions, each prompt's completions adjacent, every sequence
-tagged with its task index and prompt index. Token layout per row: the left-padded prompt, then
-the completion, padded on the right after the first EOS:
+tagged with its task index, its prompt index and its (task, half) group index m = 2 k + h (the
+halves split a task's prompts for the split-half estimators; see gradients.py). Token layout per
+row: the left-padded prompt, then the completion, padded on the right after the first EOS:
 
     [pad pad <s> p r o m p t | c o m p l e t i o n </s> pad pad]
      <------- prompt_len ----> <---------- max_new ----------->
@@ -21,12 +22,22 @@ from taskgrad.policy import format_prompts, position_ids_from_mask
 from taskgrad.tasks import Sample
 
 
+@dataclass(frozen=True)
+class PromptBatch:
+    """The step's prompts: B samples, each with its task index and its half (0/1)."""
+
+    samples: list[Sample]  # [B]
+    task_index: list[int]  # [B] index into the run's task list
+    half: list[int]  # [B] which half of its task's prompts it belongs to
+
+
 @dataclass
 class Rollout:
     samples: list[Sample]  # [B] prompts
     group_size: int  # G
     task_index: torch.Tensor  # [B*G] index into the run's task list
     prompt_index: torch.Tensor  # [B*G] index into samples
+    group_index: torch.Tensor  # [B*G] (task, half) group m = 2 * task + half
     input_ids: torch.Tensor  # [B*G, P+L]
     attention_mask: torch.Tensor  # [B*G, P+L]
     response_mask: torch.Tensor  # [B*G, L] float, 1 on completion tokens incl. EOS
@@ -66,6 +77,7 @@ def generate(
     samples: list[Sample],
     task_index: list[int],
     *,
+    half: list[int] | None = None,
     group_size: int,
     max_new_tokens: int,
     temperature: float,
@@ -76,7 +88,10 @@ def generate(
     generation_batch: int = 256,
     greedy: bool = False,
 ) -> Rollout:
-    """Sample ``group_size`` completions for each of ``samples`` (seeded, so reproducible)."""
+    """Sample ``group_size`` completions for each of ``samples`` (seeded, so reproducible).
+
+    ``half`` [B] places each prompt in a half of its task's prompts (default: all in half 0).
+    """
     device = next(model.parameters()).device
     texts = format_prompts(tokenizer, [s.prompt for s in samples], chat_template)
     templated = chat_template != "never" and bool(getattr(tokenizer, "chat_template", None))
@@ -120,11 +135,14 @@ def generate(
         for row, m in zip(completion_ids, response_mask, strict=True)
     ]
     n = len(samples)
+    tasks = torch.tensor(task_index, dtype=torch.long)  # [B]
+    halves = torch.tensor(half, dtype=torch.long) if half is not None else torch.zeros_like(tasks)
     return Rollout(
         samples=samples,
         group_size=group_size,
-        task_index=torch.tensor(task_index).repeat_interleave(group_size),
+        task_index=tasks.repeat_interleave(group_size),
         prompt_index=torch.arange(n).repeat_interleave(group_size),
+        group_index=(2 * tasks + halves).repeat_interleave(group_size),
         input_ids=torch.cat([ids, completion_ids], dim=1),
         attention_mask=torch.cat([mask, response_mask.long()], dim=1),
         response_mask=response_mask,

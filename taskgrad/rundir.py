@@ -11,7 +11,6 @@ runs/<name>/
 from __future__ import annotations
 
 import json
-import math
 import platform
 import shutil
 import sys
@@ -23,19 +22,10 @@ import torch
 import yaml
 
 from taskgrad.config import Config, from_dict, to_dict
+from taskgrad.metrics import clean
+from taskgrad.summary import summarize
 
 CHECKPOINTS = "checkpoints"
-
-
-def _clean(value: Any) -> Any:
-    """JSON has no NaN: undefined estimates are written as null (in nested values too)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
 
 
 class RunDir:
@@ -83,7 +73,7 @@ class RunDir:
 
     # -- metrics -------------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
-        line = json.dumps({k: _clean(v) for k, v in record.items()})
+        line = json.dumps({k: clean(v) for k, v in record.items()})
         with self.metrics_path.open("a") as f:
             f.write(line + "\n")
 
@@ -103,32 +93,23 @@ class RunDir:
         root = self.path / CHECKPOINTS
         return sorted(root.glob("step_*")) if root.exists() else []
 
-    def save_checkpoint(self, trainer, step: int) -> Path:
+    def save_checkpoint(
+        self, step: int, model, tokenizer, state: dict[str, Any], keep: int
+    ) -> Path:
+        """Write ``checkpoints/step_<step>`` (weights, tokenizer, ``trainer.pt`` = ``state``)
+        atomically; keep the ``keep`` most recent checkpoints."""
         target = self.path / CHECKPOINTS / f"step_{step:06d}"
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        model = trainer.accelerator.unwrap_model(trainer.model)
         model.save_pretrained(tmp)
-        trainer.tokenizer.save_pretrained(tmp)
-        state = {
-            "step": step,
-            "optimizer": trainer.optimizer.state_dict(),
-            "scheduler": trainer.scheduler.state_dict(),
-            "history": dict(trainer.history),
-            "probe_last": trainer.probe_last,
-            "strategy": trainer.strategy.state_dict(),
-            "sampling": trainer.sampling,
-            "task_weights": trainer.task_weights,
-        }
+        tokenizer.save_pretrained(tmp)
         torch.save(state, tmp / "trainer.pt")
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)  # complete checkpoints only: the rename is the commit point
-        for old in self.checkpoints()[: -trainer.cfg.keep_checkpoints]:
+        for old in self.checkpoints()[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         return target
 
-    def finish(self, trainer) -> None:
-        from taskgrad.diagnostics import summarize
-
-        summary = summarize(self.records(), [t.name for t in trainer.tasks])
-        (self.path / "summary.json").write_text(json.dumps(_clean(summary), indent=2))
+    def finish(self, tasks: list[str]) -> None:
+        summary = summarize(self.records(), tasks)
+        (self.path / "summary.json").write_text(json.dumps(clean(summary), indent=2))

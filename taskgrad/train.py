@@ -1,32 +1,46 @@
-"""The multi-task GRPO loop, one step at a time, in named phases:
+"""The multi-task GRPO loop, one step at a time, in named phases that hand each other records:
 
-    sample prompts (uniform over tasks) -> rollout (G completions each) -> score per task
-    -> group advantages -> per-(task, half) micro-batches: forward, loss, backward
-    -> per-task gradients and diagnostics -> clip -> AdamW step -> evaluate, log, checkpoint
+    sample prompts (PromptBatch) -> rollout (Rollout) -> score -> StepBatch (advantages,
+    token weights, (task, half) shares) -> backward per (task, half) group (BackwardResult)
+    -> task statistics -> balance (BalancedStep) -> clip + AdamW step (OptimizerStep)
+    -> diagnostics, gains, evaluation -> log, checkpoint
 
 Everything random in a step is seeded from (config seed, step), so a resumed run repeats the
-uninterrupted one step for step. Math lives in grpo.py and gradients.py; this file is plumbing.
+uninterrupted one step for step. The math lives in grpo.py, batch.py, gradients.py and
+diagnostics/; this file is the order of the phases.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from taskgrad import diagnostics as diag
-from taskgrad.balancing import TaskGradStats
-from taskgrad.balancing.base import prompt_counts
+from taskgrad import metrics as M
+from taskgrad.balancing.base import TaskGradStats, prompt_counts
+from taskgrad.batch import RowSums, StepBatch, make_batch, task_statistics
 from taskgrad.config import Config
+from taskgrad.diagnostics import gain, probe
+from taskgrad.diagnostics.gradient import (
+    BalancedStep,
+    adam_metrics,
+    gradient_metrics,
+    preconditioner,
+)
 from taskgrad.gradients import scope_members
-from taskgrad.grpo import group_advantages, logprobs_and_entropy, policy_loss, token_weights
-from taskgrad.rollout import Rollout, generate
-from taskgrad.tasks import Sample
+from taskgrad.grpo import logprobs_and_entropy, policy_loss
+from taskgrad.rollout import PromptBatch, Rollout, generate
+from taskgrad.tasks import Task
 from taskgrad.trainer import Trainer, setup
+
+# Training statistics a strategy may read (Strategy.reads), from the step's task statistics.
+STRATEGY_STATS = ("reward", "abs_advantage", "zero_adv_share", "response_length")
 
 # --- phase: sample prompts --------------------------------------------------------------------
 
@@ -46,12 +60,13 @@ def prompts_per_task(cfg: Config, sampling: torch.Tensor | None = None) -> list[
     return prompt_counts(sampling, n, minimum=2 if n >= 2 * k else 1)
 
 
-def sample_prompts(trainer: Trainer, step: int) -> tuple[list[Sample], list[int], list[int]]:
+def sample_prompts(
+    cfg: Config, tasks: list[Task], sampling: torch.Tensor | None, step: int
+) -> PromptBatch:
     """Prompts of every task, their task index, and their half (0/1) for the split estimators."""
-    rng = random.Random(f"{trainer.cfg.seed}/prompts/{step}")
+    rng = random.Random(f"{cfg.seed}/prompts/{step}")
     samples, task_index, half = [], [], []
-    counts = prompts_per_task(trainer.cfg, trainer.sampling)
-    for k, (task, n) in enumerate(zip(trainer.tasks, counts, strict=True)):
+    for k, (task, n) in enumerate(zip(tasks, prompts_per_task(cfg, sampling), strict=True)):
         drawn = [task.sample(rng) for _ in range(n)]
         # Halves split prompts, never completions: a prompt's G completions share a baseline.
         order = list(range(n))
@@ -62,18 +77,30 @@ def sample_prompts(trainer: Trainer, step: int) -> tuple[list[Sample], list[int]
         samples += drawn
         task_index += [k] * n
         half += halves
-    return samples, task_index, half
+    return PromptBatch(samples, task_index, half)
+
+
+def rollout(trainer: Trainer, prompts: PromptBatch, step: int) -> Rollout:
+    cfg = trainer.cfg
+    return generate(
+        trainer.policy, trainer.tokenizer, prompts.samples, prompts.task_index,
+        half=prompts.half, group_size=cfg.rollout.group_size,
+        max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p, seed=_seed(cfg.seed, "rollout", step),
+        chat_template=cfg.model.chat_template, max_prompt_tokens=cfg.model.max_prompt_tokens,
+        generation_batch=cfg.rollout.generation_batch,
+    )  # fmt: skip
 
 
 # --- phase: score -----------------------------------------------------------------------------
 
 
-def score(trainer: Trainer, rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
-    """Rewards [B*G] from each task's verifier, and per-task reward component means."""
+def score(tasks: list[Task], rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+    """Rewards [B*G] from each task's verifier, and the means of its reward components."""
     g = rollout.group_size
     rewards = torch.zeros(len(rollout.completions))
     metrics: dict[str, float] = {}
-    for k, task in enumerate(trainer.tasks):
+    for k, task in enumerate(tasks):
         rows = (rollout.task_index == k).nonzero().flatten().tolist()
         if not rows:
             continue
@@ -82,22 +109,17 @@ def score(trainer: Trainer, rollout: Rollout) -> tuple[torch.Tensor, dict[str, f
         rewards[rows] = torch.tensor([r.value for r in scored], dtype=torch.float32)
         for name in sorted({m for r in scored for m in r.metrics}):
             values = [r.metrics.get(name, 0.0) for r in scored]
-            metrics[f"task/{task.name}/{name}"] = sum(values) / len(values)
+            metrics[M.verifier_key(task.name, name)] = sum(values) / len(values)
     return rewards, metrics
 
 
 # --- phase: per-group forward / backward -------------------------------------------------------
 
 
-def micro_batches(rollout: Rollout, half: list[int], k: int, size: int):
-    """(group id, row indices) in task-pure, half-pure micro-batches; group m = 2 * task + half."""
-    g = rollout.group_size
-    row_half = torch.tensor(half).repeat_interleave(g)  # [B*G]
-    for task in range(k):
-        for h in (0, 1):
-            rows = ((rollout.task_index == task) & (row_half == h)).nonzero().flatten()
-            for start in range(0, rows.numel(), size):
-                yield 2 * task + h, rows[start : start + size], start + size >= rows.numel()
+@dataclass
+class BackwardResult:
+    sums: RowSums  # per-row entropy, clipped tokens, KL and loss
+    logprobs: torch.Tensor  # [B*G, L] the log-probs the loss used (old log-probs of later passes)
 
 
 def forward_logprobs(model, rollout: Rollout, rows: torch.Tensor, temperature: float):
@@ -111,32 +133,20 @@ def forward_logprobs(model, rollout: Rollout, rows: torch.Tensor, temperature: f
 
 
 def backward_groups(
-    trainer: Trainer,
-    rollout: Rollout,
-    half: list[int],
-    advantages: torch.Tensor,
-    old_logprobs: torch.Tensor | None,
-    capture: bool,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Backward over every group; returns per-row sums (entropy, clipped tokens, KL) and logprobs.
+    trainer: Trainer, batch: StepBatch, old_logprobs: torch.Tensor | None, capture: bool
+) -> BackwardResult:
+    """Backward over every (task, half) group in its own micro-batches.
 
-    With ``capture``, each group's in-scope gradient goes to ``trainer.groups``; ``.grad`` of
-    those parameters stays empty until ``balance_step`` sets it to the (weighted) sum.
+    With ``capture``, each group's in-scope gradient goes to row m of ``trainer.groups``; ``.grad``
+    of those parameters stays empty until ``balance`` sets it to the (weighted) sum.
     """
-    cfg, model = trainer.cfg, trainer.model
+    cfg, model, rollout = trainer.cfg, trainer.model, batch.rollout
     n_rows, n_new = rollout.response_mask.shape
-    weights = token_weights(
-        rollout.response_mask,
-        cfg.grpo.loss_agg,
-        cfg.grpo.loss_constant or cfg.rollout.max_new_tokens,
-    )  # [B*G, L] global per-token weights
-    sums = {k: torch.zeros(n_rows) for k in ("entropy", "clipped", "kl", "loss")}
+    sums = RowSums.zeros(n_rows)
     logprobs_all = torch.zeros(n_rows, n_new)
     if capture:
         trainer.groups.reset()
-    for group, rows, last_of_group in micro_batches(
-        rollout, half, len(trainer.tasks), cfg.grpo.micro_batch_size
-    ):
+    for group, rows, last_of_group in batch.micro_batches(cfg.grpo.micro_batch_size):
         logprobs, entropy = forward_logprobs(model, rollout, rows, cfg.rollout.temperature)
         device = logprobs.device
         old = logprobs.detach() if old_logprobs is None else old_logprobs[rows].to(device)
@@ -145,35 +155,132 @@ def backward_groups(
             with torch.no_grad():
                 ref, _ = forward_logprobs(trainer.ref_model, rollout, rows, cfg.rollout.temperature)
         loss, stats = policy_loss(
-            logprobs, old, advantages[rows].to(device), weights[rows].to(device),
+            logprobs, old, batch.advantages[rows].to(device), batch.token_weights[rows].to(device),
             cfg.grpo.clip_eps, cfg.grpo.clip_eps_high, ref, cfg.grpo.kl_coef,
+            dual_clip=cfg.grpo.dual_clip,
         )  # fmt: skip
         trainer.accelerator.backward(loss)
         mask = rollout.response_mask[rows]
-        sums["entropy"][rows] = (entropy.float().cpu() * mask).sum(1)
-        sums["clipped"][rows] = stats["clipped_rows"].float().cpu()
-        sums["loss"][rows] = stats["loss_rows"].float().cpu()
+        sums.entropy[rows] = (entropy.float().cpu() * mask).sum(1)
+        sums.clipped[rows] = stats["clipped_rows"].float().cpu()
+        sums.loss[rows] = stats["loss_rows"].float().cpu()
         if "kl_rows" in stats:
-            sums["kl"][rows] = stats["kl_rows"].float().cpu()
+            sums.kl[rows] = stats["kl_rows"].float().cpu()
         logprobs_all[rows] = logprobs.detach().float().cpu()
         if capture and last_of_group:
             trainer.groups.close_group(group)
-    return sums, logprobs_all
+    return BackwardResult(sums, logprobs_all)
+
+
+# --- phase: balance ---------------------------------------------------------------------------
+
+
+def balance(
+    trainer: Trainer, batch: StepBatch, stats: dict[str, torch.Tensor], step: int
+) -> BalancedStep:
+    """Gram matrices of the captured groups -> strategy -> the combined gradient in ``.grad``."""
+    groups = trainer.groups
+    grams = groups.param_grams()  # [n_params, M, M]
+    members = scope_members(groups.names, breakdown=True)
+    inputs = TaskGradStats(
+        tasks=trainer.task_names, step=step, group_gram=grams.sum(0), shares=batch.shares,
+        module_grams={name: grams[idx].sum(0) for name, idx in members.items()},
+        stats={name: stats[name] for name in STRATEGY_STATS},
+        gains=gain.latest_gains(
+            trainer.history, trainer.task_names, trainer.cfg.diagnostics.gain_window
+        ),
+    )  # fmt: skip
+    out = trainer.strategy(inputs)
+    weights = out.task_weights.double()  # [K]
+    if out.module_weights:
+        per_param = weights.repeat_interleave(2).repeat(len(groups.names), 1)  # [n_params, M]
+        for scope, w in out.module_weights.items():
+            per_param[members[scope]] = w.double().repeat_interleave(2)
+        groups.restore_sum(per_param)
+    elif torch.all(weights == 1):
+        groups.restore_sum()  # exactly the plain full-batch gradient
+    else:
+        groups.restore_sum(weights.repeat_interleave(2))
+    if out.sampling is not None:
+        trainer.sampling = out.sampling.double()
+    return BalancedStep(grams=grams, shares=batch.shares, balance=out)
+
+
+def balance_metrics(tasks: list[str], step: BalancedStep) -> dict[str, float]:
+    """What the strategy chose: weights, sampling, and its own values (finite ones only)."""
+    out = step.balance
+    weights = zip(tasks, step.weights, strict=True)
+    metrics = {M.balance_key(t, "weight"): float(w) for t, w in weights}
+    if out.sampling is not None:
+        sampling = zip(tasks, out.sampling, strict=True)
+        metrics.update({M.balance_key(t, "sampling"): float(p) for t, p in sampling})
+    for name, values in out.task_info.items():
+        for t, v in zip(tasks, values, strict=True):
+            if math.isfinite(v):
+                metrics[M.balance_info_key(name, t)] = float(v)
+    metrics.update({M.balance_info_key(k): float(v) for k, v in out.info.items()})
+    return metrics
 
 
 # --- phase: optimizer step --------------------------------------------------------------------
 
 
-def optimizer_step(trainer: Trainer) -> dict[str, float]:
+@dataclass(frozen=True)
+class OptimizerStep:
+    """What one optimizer step did."""
+
+    grad_norm: float  # the global gradient norm before clipping
+    clip_coef: float  # the factor clipping applied (1: none)
+    lr: float  # the learning rate it used
+
+
+def optimizer_step(trainer: Trainer) -> OptimizerStep:
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     clip = trainer.cfg.optim.max_grad_norm
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-    trainer.clip_coef = min(1.0, clip / (float(norm) + 1e-6)) if clip > 0 else 1.0
-    lr = trainer.last_lr = trainer.scheduler.get_last_lr()[0]
+    clip_coef = min(1.0, clip / (float(norm) + 1e-6)) if clip > 0 else 1.0
+    lr = trainer.scheduler.get_last_lr()[0]
     trainer.optimizer.step()
     trainer.scheduler.step()
     trainer.optimizer.zero_grad(set_to_none=True)
-    return {"train/grad_norm": float(norm), "train/lr": lr}
+    return OptimizerStep(grad_norm=float(norm), clip_coef=clip_coef, lr=lr)
+
+
+def update(trainer: Trainer, step: int, balanced: BalancedStep | None) -> dict[str, float]:
+    """The optimizer step, with the gradient diagnostics and the one-step/transfer probes.
+
+    ``balanced`` is the measured update's balance (None: not measured). Probes run just before
+    and after the update at the configured steps.
+    """
+    cfg, groups, d = trainer.cfg, trainer.groups, trainer.cfg.diagnostics
+    transfer = balanced is not None and step in d.transfer_at
+    probe_before = params_before = None
+    if step in d.one_step_at or transfer:
+        probe_before = trainer.prober()
+        params_before = groups.clone_params() if groups is not None else None
+    geometry = balanced is not None and d.optimizer_geometry
+    flat_before = groups.snapshot() if geometry else None
+    opt = optimizer_step(trainer)
+    metrics = {M.train_key("grad_norm"): opt.grad_norm, M.train_key("lr"): opt.lr}
+    tasks = trainer.task_names
+    precond = None
+    if balanced is not None:
+        metrics.update(gradient_metrics(groups, balanced, tasks, d.scope, d.breakdown))
+        if geometry or transfer:
+            precond = preconditioner(groups, trainer.optimizer, cfg.optim.betas[1], cfg.optim.eps)
+        if geometry:
+            delta = groups.snapshot() - flat_before  # [P] the applied update
+            metrics.update(adam_metrics(groups, balanced, precond, delta, tasks, d.scope))
+    if step in d.one_step_at:
+        metrics.update(probe.one_step_gains(trainer.prober(), probe_before))
+    if transfer and params_before:
+        adam_t = float(trainer.optimizer.state[groups.params[0][1]]["step"])
+        metrics.update(probe.transfer_matrix(
+            trainer.prober, groups, probe_before, params_before, task_weights=balanced.weights,
+            precond=precond, lr=opt.lr, clip_coef=opt.clip_coef, beta1=cfg.optim.betas[0],
+            adam_step=adam_t,
+        ))  # fmt: skip
+    return metrics
 
 
 # --- one step ---------------------------------------------------------------------------------
@@ -183,120 +290,50 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
     cfg = trainer.cfg
     timer = PhaseTimer()
     with timer("sample"):
-        samples, task_index, half = sample_prompts(trainer, step)
+        prompts = sample_prompts(cfg, trainer.tasks, trainer.sampling, step)
     with timer("rollout"):
-        rollout = generate(
-            trainer.accelerator.unwrap_model(trainer.model), trainer.tokenizer, samples, task_index,
-            group_size=cfg.rollout.group_size, max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-            seed=_seed(cfg.seed, "rollout", step), chat_template=cfg.model.chat_template,
-            max_prompt_tokens=cfg.model.max_prompt_tokens,
-            generation_batch=cfg.rollout.generation_batch,
-        )  # fmt: skip
+        rolled = rollout(trainer, prompts, step)
     with timer("score"):
-        rewards, metrics = score(trainer, rollout)
-    advantages = group_advantages(rewards, cfg.rollout.group_size, cfg.grpo.scale_rewards)
+        rewards, metrics = score(trainer.tasks, rolled)
+    batch = make_batch(
+        rolled, rewards, len(trainer.tasks), loss_agg=cfg.grpo.loss_agg,
+        loss_constant=cfg.grpo.loss_constant or cfg.rollout.max_new_tokens,
+        scale_rewards=cfg.grpo.scale_rewards, reward_std=cfg.grpo.reward_std,
+    )  # fmt: skip
     measure = trainer.groups is not None and (step - 1) % cfg.diagnostics.every == 0
     balancing = cfg.balance.strategy != "uniform"
-    old_logprobs = None
+    old_logprobs, stats = None, {}
     for inner in range(cfg.grpo.inner_updates):
         # The first, on-policy update is the one measured; a strategy balances every update.
         capture = measure and (inner == 0 or balancing)
         with timer("backward"):
-            sums, logprobs = backward_groups(
-                trainer, rollout, half, advantages, old_logprobs, capture
-            )
+            result = backward_groups(trainer, batch, old_logprobs, capture)
         if inner == 0:
-            old_logprobs = logprobs
-            metrics.update(rollout_metrics(trainer, rollout, rewards, advantages, sums))
-        snapshot = None
+            old_logprobs = result.logprobs
+            stats = task_statistics(batch, result.sums, trainer.ref_model is not None)
+            metrics.update(rollout_metrics(trainer, batch, stats, result.sums))
+        balanced = None
         if capture:
             with timer("balance"):
-                snapshot, info = balance_step(trainer, rollout, half, metrics, step)
-            metrics.update(info if inner == 0 else {})
-        snapshot = snapshot if inner == 0 else None
-        before = diag.snapshot_scope(trainer) if snapshot is not None else None
+                balanced = balance(trainer, batch, stats, step)
+            if inner == 0:
+                metrics.update(balance_metrics(trainer.task_names, balanced))
         with timer("optimizer"):
-            metrics.update(optimizer_step_with_hooks(trainer, step, snapshot, before))
+            metrics.update(update(trainer, step, balanced if inner == 0 else None))
     metrics.update(timer.metrics())
     return metrics
 
 
-def balance_step(trainer: Trainer, rollout: Rollout, half: list[int], metrics, step: int):
-    """Gram matrices of the captured groups -> strategy -> the combined gradient in ``.grad``."""
-    groups, tasks = trainer.groups, [t.name for t in trainer.tasks]
-    shares = diag.half_shares(trainer, rollout, half)  # [K, 2]
-    grams = groups.param_grams()  # [n_params, M, M]
-    members = scope_members(groups.names, breakdown=True)
-    inputs = TaskGradStats(
-        tasks=tasks, step=step, group_gram=grams.sum(0), shares=shares,
-        module_grams={name: grams[idx].sum(0) for name, idx in members.items()},
-        stats={s: torch.tensor([metrics.get(f"task/{t}/{s}", math.nan) for t in tasks])
-               for s in ("reward", "abs_advantage", "zero_adv_share", "response_length")},
-        gains=diag.latest_gains(trainer),
-    )  # fmt: skip
-    balance = trainer.strategy(inputs)
-    weights = balance.task_weights.double()  # [K]
-    if balance.module_weights:
-        per_param = weights.repeat_interleave(2).repeat(len(groups.names), 1)  # [n_params, M]
-        for scope, w in balance.module_weights.items():
-            per_param[members[scope]] = w.double().repeat_interleave(2)
-        groups.restore_sum(per_param)
-    elif torch.all(weights == 1):
-        groups.restore_sum()  # exactly the plain full-batch gradient
-    else:
-        groups.restore_sum(weights.repeat_interleave(2))
-    if balance.sampling is not None:
-        trainer.sampling = balance.sampling.double()
-    trainer.task_weights = weights
-    info = {f"balance/{t}/weight": float(w) for t, w in zip(tasks, weights, strict=True)}
-    info.update({f"balance/{k}": float(v) for k, v in balance.info.items()})
-    return diag.GradSnapshot(grams=grams, shares=shares, weights=weights), info
-
-
-def optimizer_step_with_hooks(trainer, step, snapshot, before) -> dict[str, float]:
-    """The optimizer step, with the one-step/transfer probes and gradient diagnostics around it."""
-    metrics = diag.before_update(trainer, step, snapshot is not None)
-    metrics.update(optimizer_step(trainer))
-    if snapshot is not None:
-        metrics.update(diag.gradient_metrics(trainer, snapshot, before))
-    metrics.update(diag.after_update(trainer, step))
-    return metrics
-
-
-def rollout_metrics(trainer, rollout, rewards, advantages, sums) -> dict[str, float]:
-    """Per-task training statistics of the step (the paper's candidate explanations)."""
-    g = rollout.group_size
-    lengths = rollout.response_mask.sum(1)  # [B*G]
-    zero_groups = (advantages.view(-1, g).abs().amax(1) < 1e-6).float()  # [B]
-    out: dict[str, float] = {}
-    for k, task in enumerate(trainer.tasks):
-        rows = rollout.task_index == k
-        if not rows.any():
-            continue
-        prompts = rollout.task_index.view(-1, g)[:, 0] == k
-        r = rewards[rows]
-        n_tok = lengths[rows].sum().clamp(min=1)
-        stats = {
-            "prompts": prompts.sum(),
-            "reward": r.mean(),
-            "accuracy": (r >= 1.0).float().mean(),
-            "reward_var": (r.mean() * (1 - r.mean())),
-            "abs_advantage": advantages[rows].abs().mean(),
-            "zero_adv_share": zero_groups[prompts].mean(),
-            "response_length": lengths[rows].mean(),
-            "prompt_length": rollout.prompt_tokens[rows].float().mean(),
-            "entropy": sums["entropy"][rows].sum() / n_tok,
-            "clip_frac": sums["clipped"][rows].sum() / n_tok,
-            "loss": sums["loss"][rows].sum(),
-        }
-        if trainer.ref_model is not None:
-            stats["kl"] = sums["kl"][rows].sum() / n_tok
-        for name, v in stats.items():
-            out[f"task/{task.name}/{name}"] = float(v)
-        trainer.history[task.name].append(float(r.mean()))
-    out["train/reward"] = float(rewards.mean())
-    out["train/loss"] = float(sums["loss"].sum())
+def rollout_metrics(
+    trainer: Trainer, batch: StepBatch, stats: dict[str, torch.Tensor], sums: RowSums
+) -> dict[str, float]:
+    """Per-task statistics as metrics; the reward history for windowed gains grows here."""
+    out = M.per_task(trainer.task_names, stats)
+    for k, task in enumerate(trainer.task_names):
+        if math.isfinite(stats["reward"][k]):
+            trainer.history[task].append(float(stats["reward"][k]))
+    out[M.train_key("reward")] = float(batch.rewards.mean())
+    out[M.train_key("loss")] = float(sums.loss.sum())
     return out
 
 
@@ -317,14 +354,12 @@ class PhaseTimer:
         return _Span()
 
     def metrics(self) -> dict[str, float]:
-        out = {f"time/{k}": v for k, v in self.seconds.items()}
-        out["time/step"] = sum(self.seconds.values())
+        out = {M.time_key(k): v for k, v in self.seconds.items()}
+        out[M.time_key("step")] = sum(self.seconds.values())
         return out
 
 
 def _seed(*parts: object) -> int:
-    import hashlib
-
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little")
 
 
@@ -334,21 +369,25 @@ def _seed(*parts: object) -> int:
 def evaluate(trainer: Trainer) -> dict[str, float]:
     """Greedy held-out accuracy per task on its fixed evaluation set."""
     cfg = trainer.cfg
-    model = trainer.accelerator.unwrap_model(trainer.model)
     out: dict[str, float] = {}
     for task in trainer.tasks:
         samples = task.eval_set()
         rollout = generate(
-            model, trainer.tokenizer, samples, [0] * len(samples), group_size=1,
+            trainer.policy, trainer.tokenizer, samples, [0] * len(samples), group_size=1,
             max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
             temperature=1.0, top_p=1.0, seed=0, chat_template=cfg.model.chat_template,
             max_prompt_tokens=cfg.model.max_prompt_tokens,
             generation_batch=cfg.rollout.generation_batch, greedy=True,
         )  # fmt: skip
         scored = task.rewards(samples, rollout.completions)
-        out[f"eval/{task.name}/accuracy"] = sum(r.value >= 1.0 for r in scored) / len(scored)
-    out["eval/mean_accuracy"] = sum(out.values()) / len(trainer.tasks)
+        out[M.eval_key(task.name)] = sum(r.value >= 1.0 for r in scored) / len(scored)
+    out[M.EVAL_MEAN] = sum(out.values()) / len(trainer.tasks)
     return out
+
+
+def probe_due(cfg: Config, step: int) -> bool:
+    every = cfg.diagnostics.probe_every
+    return every > 0 and step % every == 0
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -358,26 +397,39 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     """Run (or resume) a training run; returns its run directory."""
     trainer = setup(cfg, run_dir, resume)
     run, progress = trainer.run, make_progress(cfg)
-    if trainer.start_step == 1 and cfg.eval.every > 0:
-        run.log({"step": 0, **evaluate(trainer), **diag.initial_probe(trainer)})
+    if trainer.step == 0 and cfg.eval.every > 0:
+        initial = evaluate(trainer)
+        if cfg.diagnostics.probe_every > 0 and cfg.diagnostics.enabled:
+            trainer.probe_last = trainer.prober()
+            initial.update(probe.probe_rewards(trainer.probe_last))
+        run.log({M.STEP: 0, **initial})
     with progress:
-        bar = progress.add_task("train", total=cfg.steps, completed=trainer.start_step - 1, info="")
-        for step in range(trainer.start_step, cfg.steps + 1):
+        bar = progress.add_task("train", total=cfg.steps, completed=trainer.step, info="")
+        for step in range(trainer.step + 1, cfg.steps + 1):
             metrics = train_step(trainer, step)
-            metrics.update(diag.gain_metrics(trainer, step))
+            s = cfg.diagnostics.gain_window
+            metrics.update(gain.window_gains(trainer.history, trainer.task_names, step, s))
+            if probe_due(cfg, step):
+                now = trainer.prober()
+                metrics.update(probe.probe_gains(now, trainer.probe_last))
+                trainer.probe_last = now
             if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == cfg.steps):
                 metrics.update(evaluate(trainer))
-            run.log({"step": step, **metrics})
+            trainer.step = step
+            run.log({M.STEP: step, **metrics})
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                run.save_checkpoint(trainer, step)
+                run.save_checkpoint(
+                    step, trainer.policy, trainer.tokenizer, trainer.state_dict(),
+                    keep=cfg.keep_checkpoints,
+                )  # fmt: skip
             progress.update(bar, advance=1, info=progress_info(trainer, metrics))
-    run.finish(trainer)
+    run.finish(trainer.task_names)
     return run.path
 
 
 def progress_info(trainer: Trainer, metrics: dict[str, float]) -> str:
     parts = [
-        f"{t.name[:5]} {metrics.get(f'task/{t.name}/reward', math.nan):.2f}" for t in trainer.tasks
+        f"{t[:5]} {metrics.get(M.task_key(t, 'reward'), math.nan):.2f}" for t in trainer.task_names
     ]
     return "reward " + " ".join(parts)
 

@@ -1,5 +1,11 @@
-"""The ``Trainer`` state and how it is built: tasks, policy (through accelerate), optimizer,
-run directory, resume."""
+"""The ``Trainer``: what the loop holds across steps, how it is built, and its checkpoint schema.
+
+Everything that lives only within a step travels in records (batch.py, train.py); the trainer
+holds the policy, its optimizer, the tasks, the strategy and the few histories later steps read
+(training rewards for windowed gains, the last probe for paired gains, the sampling
+probabilities a strategy chose for the next batch). ``state_dict`` / ``load_state_dict`` are the
+checkpoint schema, in one place.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +15,20 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from taskgrad.balancing import STRATEGIES, Strategy
 from taskgrad.config import Config, ConfigError
-from taskgrad.gradients import GroupGradients
+from taskgrad.diagnostics.probe import Prober, ProbeRewards
+from taskgrad.gradients import GroupGradients, scope_names
 from taskgrad.policy import load_policy, resolve_model_path
+from taskgrad.registry import parse_options
 from taskgrad.rundir import RunDir
-from taskgrad.tasks import Task
-from taskgrad.tasks.factory import build_tasks
+from taskgrad.tasks import Task, build_tasks
+
+CHECKPOINT_SCHEMA = 2  # 1: before the step records (it also held the last task weights)
 
 
 @dataclass
@@ -27,23 +37,51 @@ class Trainer:
 
     cfg: Config
     run: RunDir
-    accelerator: object
+    accelerator: Any
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: Any
     ref_model: torch.nn.Module | None
     tasks: list[Task]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    groups: GroupGradients | None
+    groups: GroupGradients | None  # the group buffers, reused every measured step
     strategy: Strategy
-    start_step: int = 1
-    sampling: torch.Tensor | None = None  # [K] task probabilities set by a sampling strategy
-    task_weights: torch.Tensor | None = None  # [K] the strategy's last multipliers
+    prober: Prober
+    step: int = 0  # the last completed step
+    sampling: torch.Tensor | None = None  # [K] next batch's task probabilities (a strategy's)
     history: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    probe_last: dict[str, torch.Tensor] = field(default_factory=dict)  # last probe rewards
-    probe_before: tuple | None = None  # (probe rewards, in-scope params) just before an update
-    clip_coef: float = 1.0  # the gradient clip factor of the last step
-    last_lr: float = 0.0  # the learning rate the last step used
+    probe_last: ProbeRewards = field(default_factory=dict)  # the last probe's rewards
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        """The model without its accelerate wrapper (for generation and saving)."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint schema: everything a resumed run needs besides the weights."""
+        return {
+            "schema": CHECKPOINT_SCHEMA,
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": dict(self.history),
+            "probe_last": self.probe_last,
+            "strategy": self.strategy.state_dict(),
+            "sampling": self.sampling,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = defaultdict(list, copy.deepcopy(state["history"]))
+        self.probe_last = state.get("probe_last", {})
+        self.strategy.load_state_dict(state.get("strategy", {}))
+        self.sampling = state.get("sampling")
+        self.step = state["step"]
 
 
 def lr_lambda(cfg: Config):
@@ -63,11 +101,28 @@ def lr_lambda(cfg: Config):
     return f
 
 
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    param_groups = [
+        {"params": decay, "weight_decay": cfg.optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    o = cfg.optim
+    return torch.optim.AdamW(param_groups, lr=o.lr, betas=o.betas, eps=o.eps)
+
+
 def setup(cfg: Config, run_dir: Path | None, resume: bool) -> Trainer:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     accelerator = Accelerator(cpu=cfg.device == "cpu")
+    if accelerator.num_processes > 1:
+        raise ConfigError(
+            f"launch: {accelerator.num_processes} processes were launched, but taskgrad trains "
+            "in one process for now (per-rank gradients would be measured as if global)"
+        )
     if cfg.device == "cuda" and accelerator.device.type != "cuda":
         raise RuntimeError("device: cuda was asked for but no CUDA device is visible")
     set_seed(cfg.seed)
@@ -91,34 +146,28 @@ def setup(cfg: Config, run_dir: Path | None, resume: bool) -> Trainer:
         ref_model, _ = load_policy(model_path, cfg.model)
         ref_model.requires_grad_(False).eval()
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    param_groups = [
-        {"params": decay, "weight_decay": cfg.optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(
-        param_groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps
-    )
+    optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     model, optimizer = accelerator.prepare(model, optimizer)
     if ref_model is not None:
         ref_model = ref_model.to(accelerator.device)
+    unwrapped = accelerator.unwrap_model(model)
     groups = None
     if cfg.diagnostics.enabled:
-        unwrapped = accelerator.unwrap_model(model)
+        check_buffer_fits(unwrapped, cfg, len(tasks), accelerator.device, log)
         groups = GroupGradients(unwrapped, cfg.diagnostics.scope, num_groups=2 * len(tasks))
-    try:
-        strategy = STRATEGIES.get(cfg.balance.strategy)(len(tasks), **cfg.balance.options)
-    except TypeError as e:
-        raise ConfigError(f"balance.options: {e}") from None
+    cls = STRATEGIES.get(cfg.balance.strategy)
+    options = parse_options(cls, cfg.balance.options, "balance.options", num_tasks=len(tasks))
     trainer = Trainer(
         cfg=cfg, run=run, accelerator=accelerator, model=model, tokenizer=tokenizer,
-        ref_model=ref_model, tasks=tasks, optimizer=optimizer, scheduler=scheduler, groups=groups,
-        strategy=strategy,
+        ref_model=ref_model, tasks=tasks, optimizer=optimizer, scheduler=scheduler,
+        groups=groups, strategy=cls(len(tasks), options),
+        prober=Prober(unwrapped, tokenizer, tasks, cfg),
     )  # fmt: skip
     if resume:
-        _restore(trainer, ckpts[-1])
+        state = torch.load(ckpts[-1] / "trainer.pt", map_location="cpu", weights_only=False)
+        trainer.load_state_dict(state)
+        run.truncate_metrics(trainer.step)
     else:
         n_params = sum(p.numel() for p in model.parameters())
         run.write_versions(
@@ -127,14 +176,45 @@ def setup(cfg: Config, run_dir: Path | None, resume: bool) -> Trainer:
     return trainer
 
 
-def _restore(trainer: Trainer, ckpt: Path) -> None:
-    state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    trainer.history = defaultdict(list, copy.deepcopy(state["history"]))
-    trainer.probe_last = state.get("probe_last", {})
-    trainer.strategy.load_state_dict(state.get("strategy", {}))
-    trainer.sampling = state.get("sampling")
-    trainer.task_weights = state.get("task_weights")
-    trainer.start_step = state["step"] + 1
-    trainer.run.truncate_metrics(state["step"])
+def buffer_bytes(model: torch.nn.Module, scope: str, num_groups: int) -> tuple[int, int]:
+    """(in-scope trainable parameters, bytes of the float32 group buffers [2K, P])."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    keep = set(scope_names([n for n, _ in named], scope))
+    n = sum(p.numel() for name, p in named if name in keep)
+    itemsize = 8 if next(model.parameters()).dtype == torch.float64 else 4
+    return n, n * num_groups * itemsize
+
+
+def device_free_bytes(device: torch.device) -> int:
+    """Memory that can still be allocated on ``device`` (GPU: free; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2**62  # unknown: do not refuse
+
+
+def check_buffer_fits(model, cfg: Config, num_tasks: int, device, log) -> None:
+    """Print the group buffers' size; stop with one line when they cannot fit on the device.
+
+    What must still fit: the buffers and AdamW's two moments (allocated at the first step).
+    """
+    n, size = buffer_bytes(model, cfg.diagnostics.scope, 2 * num_tasks)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer_bytes = 2 * trainable * 4
+    free = device_free_bytes(device)
+    log(
+        f"gradient buffers: scope {cfg.diagnostics.scope}, {2 * num_tasks} groups x "
+        f"{n / 1e6:.2f}M parameters = {size / 2**30:.3f} GiB on {device}"
+    )
+    if size + optimizer_bytes > free:
+        raise ConfigError(
+            f"diagnostics.scope: the group buffers need {size / 2**30:.1f} GiB (plus "
+            f"{optimizer_bytes / 2**30:.1f} GiB of AdamW state) but {device} has "
+            f"{free / 2**30:.1f} GiB free; use diagnostics.scope=proxy or a narrower regex"
+        )

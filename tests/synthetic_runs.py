@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from taskgrad import metrics as M
 from taskgrad.config import load_config, to_dict
+from taskgrad.summary import summarize
 
 
 def _imbalance(values: list[float | None]) -> float | None:
@@ -44,30 +46,32 @@ def step_record(
     for k, task in enumerate(tasks):
         u, r, adv = (float(arrays[n][i, k]) for n in ("u", "reward", "abs_advantage"))
         rec |= {
-            f"task/{task}/reward": r,
-            f"task/{task}/accuracy": r,
-            f"task/{task}/reward_var": r * (1 - r),
-            f"task/{task}/abs_advantage": adv,
-            f"task/{task}/zero_adv_share": float(np.clip(1 - 2 * adv, 0, 1)),
-            f"task/{task}/response_length": float(arrays["response_length"][i, k]),
-            f"task/{task}/prompt_length": 20.0 + k,
-            f"task/{task}/entropy": 1.0 + 0.1 * rng.standard_normal(),
-            f"grad/full/{task}/task_weight": float(weights[k]),
-            f"grad/full/{task}/sqnorm_unbiased": u,
-            f"grad/full/{task}/sqnorm_naive": abs(u) * 1.5 + 1e-6,
-            f"grad/full/{task}/noise": abs(u) * 1.5 + 1e-6 - u,
-            f"grad/full/{task}/update_share": 1 / len(tasks),
-            f"grad/full/{task}/adam_share": 1 / len(tasks),
-            f"grad/full/{task}/step_share": 1 / len(tasks),
-            f"grad/full/{task}/adam_sqnorm_unbiased": u * 2,
-            f"grad/proxy/{task}/sqnorm_unbiased": u * 0.1 * math.exp(0.1 * rng.standard_normal()),
+            M.task_key(task, "reward"): r,
+            M.task_key(task, "accuracy"): r,
+            M.task_key(task, "reward_var"): r * (1 - r),
+            M.task_key(task, "abs_advantage"): adv,
+            M.task_key(task, "zero_adv_share"): float(np.clip(1 - 2 * adv, 0, 1)),
+            M.task_key(task, "response_length"): float(arrays["response_length"][i, k]),
+            M.task_key(task, "prompt_length"): 20.0 + k,
+            M.task_key(task, "entropy"): 1.0 + 0.1 * rng.standard_normal(),
+            M.task_key(task, "batch_share"): float(weights[k]),
+            M.grad_key("full", task, "sqnorm_unbiased"): u,
+            M.grad_key("full", task, "sqnorm_naive"): abs(u) * 1.5 + 1e-6,
+            M.grad_key("full", task, "noise"): abs(u) * 1.5 + 1e-6 - u,
+            M.grad_key("full", task, "update_share"): 1 / len(tasks),
+            M.grad_key("full", task, "adam_share"): 1 / len(tasks),
+            M.grad_key("full", task, "step_share"): 1 / len(tasks),
+            M.grad_key("full", task, "adam_sqnorm_unbiased"): u * 2,
+            M.grad_key("proxy", task, "sqnorm_unbiased"): (
+                u * 0.1 * math.exp(0.1 * rng.standard_normal())
+            ),
         }
-    us = [rec[f"grad/full/{t}/sqnorm_unbiased"] for t in tasks]
-    rec["grad/full/imbalance"] = _imbalance(us)
-    rec["grad/full/adam_imbalance"] = _imbalance([2 * v for v in us])
+    us = [rec[M.grad_key("full", t, "sqnorm_unbiased")] for t in tasks]
+    rec[M.grad_scope_key("full", "imbalance")] = _imbalance(us)
+    rec[M.grad_scope_key("full", "adam_imbalance")] = _imbalance([2 * v for v in us])
     for a in range(len(tasks)):
         for b in range(a + 1, len(tasks)):
-            rec[f"grad/full/cos/{tasks[a]}__{tasks[b]}"] = (
+            rec[M.cos_key("full", tasks[a], tasks[b])] = (
                 0.1 * (a - b) + 0.05 * rng.standard_normal()
             )
     return rec
@@ -97,35 +101,35 @@ def write_run(
     data = _defaults(steps, len(tasks), rng) | (arrays or {})
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    records = [{"step": 0, **_eval(tasks, data["reward"][0])}]
+    records = [{M.STEP: 0, **_eval(tasks, data["reward"][0])}]
     s, history = cfg.diagnostics.gain_window, data["reward"]
     for step in range(1, steps + 1):
         rec = step_record(step, tasks, data, rng)
         if null_every and step % null_every == 0:
-            rec[f"grad/full/{tasks[0]}/sqnorm_unbiased"] = None
-            rec["grad/full/imbalance"] = None
-            rec[f"grad/full/cos/{tasks[0]}__{tasks[1]}"] = None
+            rec[M.grad_key("full", tasks[0], "sqnorm_unbiased")] = None
+            rec[M.grad_scope_key("full", "imbalance")] = None
+            rec[M.cos_key("full", tasks[0], tasks[1])] = None
         if null_every and step % null_every == 1 and step > 1:
-            rec[f"grad/full/{tasks[0]}/sqnorm_unbiased"] = -1e-5
+            rec[M.grad_key("full", tasks[0], "sqnorm_unbiased")] = -1e-5
         if step >= 2 * s:  # the trainer's windowed gain, centred s steps back
             c = step - s
             for k, task in enumerate(tasks):
-                rec[f"gain/{task}/window"] = float(
+                rec[M.gain_key(task, "window")] = float(
                     history[c : c + s, k].mean() - history[c - s : c, k].mean()
                 )
-            rec["gain/window_center"] = c
+            rec[M.WINDOW_CENTER] = c
         every = cfg.diagnostics.probe_every
         if every and step % every == 0:
             for task in tasks:
                 rec |= {
-                    f"gain/{task}/probe": 0.01,
-                    f"gain/{task}/probe_ci_low": -0.01,
-                    f"gain/{task}/probe_ci_high": 0.03,
+                    M.gain_key(task, "probe"): 0.01,
+                    M.gain_key(task, "probe_ci_low"): -0.01,
+                    M.gain_key(task, "probe_ci_high"): 0.03,
                 }
         if step in transfer_at:
             for j, a in enumerate(tasks):
                 for k, b in enumerate(tasks):
-                    rec[f"transfer/{a}__{b}"] = 0.02 if j == k else -0.005 * (j + k)
+                    rec[M.transfer_key(a, b)] = 0.02 if j == k else -0.005 * (j + k)
         if cfg.eval.every and (step % cfg.eval.every == 0 or step == steps):
             rec |= _eval(tasks, data["reward"][step - 1])
         records.append(rec)
@@ -136,15 +140,12 @@ def write_run(
 
 def _eval(tasks: list[str], rewards: np.ndarray) -> dict:
     out = {
-        f"eval/{t}/accuracy": float(np.clip(r - 0.1, 0, 1))
-        for t, r in zip(tasks, rewards, strict=True)
+        M.eval_key(t): float(np.clip(r - 0.1, 0, 1)) for t, r in zip(tasks, rewards, strict=True)
     }
-    out["eval/mean_accuracy"] = sum(out.values()) / len(tasks)
+    out[M.EVAL_MEAN] = sum(out.values()) / len(tasks)
     return out
 
 
 def _write_summary(path: Path, records: list[dict], tasks: list[str]) -> None:
-    from taskgrad.diagnostics import summarize
-
     (path / "summary.json").write_text(json.dumps(summarize(records, tasks), indent=2))
     (path / "versions.json").write_text(json.dumps({"taskgrad": "synthetic", "torch": "n/a"}))

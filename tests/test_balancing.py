@@ -18,12 +18,12 @@ from taskgrad.balancing import STRATEGIES, Balance, Strategy, TaskGradStats
 KINDS = ("attention", "mlp", "embeddings", "norms")
 DIM = 16  # coordinates; each module kind owns a quarter of them
 
-# Methods whose update direction is invariant to rescaling one task's gradient.
-SCALE_INVARIANT = {"equal_norm", "mgda", "imtl_g", "upgrad", "nash_mtl", "gain_aware"}
-# Methods that read no gradient statistic: rescaling a gradient changes nothing.
-GRADIENT_BLIND = {"famo", "mt_grpo"}
-# Order-dependent methods: permutation equivariance holds for two tasks only.
-ORDER_DEPENDENT = {"pcgrad", "pcgrad_modular"}
+NAMES = STRATEGIES.names()
+# The strategies' own declarations (Strategy.reads / scale_invariant / order_dependent).
+SCALE_INVARIANT = {n for n in NAMES if STRATEGIES.get(n).scale_invariant}
+GRADIENT_BLIND = {n for n in NAMES if not STRATEGIES.get(n).needs_gradients}
+ORDER_DEPENDENT = {n for n in NAMES if STRATEGIES.get(n).order_dependent}
+STATS = ("reward", "abs_advantage", "zero_adv_share", "response_length")
 
 
 def build(halves, shares, stats, gains, step: int, tasks=None) -> TaskGradStats:
@@ -124,9 +124,9 @@ def assert_same(x: Balance, y: Balance, perm: torch.Tensor | None = None, tol: f
     assert x.info.keys() == y.info.keys()
     for key, v in x.info.items():
         assert y.info[key] == pytest.approx(v, rel=tol, abs=tol), key
-
-
-NAMES = STRATEGIES.names()
+    assert x.task_info.keys() == y.task_info.keys()
+    for key, v in x.task_info.items():
+        torch.testing.assert_close(y.task_info[key], v[p], rtol=tol, atol=tol, equal_nan=True)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -141,6 +141,7 @@ def test_outputs_are_finite_and_sampling_is_a_distribution(name, k, edge):
             assert out.sampling.shape == (k,) and (out.sampling >= 0).all()
             assert float(out.sampling.sum()) == pytest.approx(1.0, abs=1e-12)
         assert all(isinstance(v, float) and math.isfinite(v) for v in out.info.values())
+        assert all(v.shape == (k,) for v in out.task_info.values())
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -182,9 +183,43 @@ def test_scale_invariant_methods_ignore_one_tasks_gradient_scale(name, c):
         torch.testing.assert_close(after / after.sum(), before / before.sum(), rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize(
-    "name", sorted(GRADIENT_BLIND | {n for n in NAMES if not STRATEGIES.get(n).needs_gradients})
-)
+def test_declarations_are_not_empty():
+    """The declarations the tests below read cover the kinds of method there are."""
+    assert {"uniform", "static", "famo", "mt_grpo", "dump"} <= GRADIENT_BLIND
+    assert {"equal_norm", "mgda", "imtl_g", "upgrad", "nash_mtl"} <= SCALE_INVARIANT
+    assert {"pcgrad", "pcgrad_modular"} == ORDER_DEPENDENT
+
+
+def corrupt(s: TaskGradStats, reads: frozenset[str], seed: int) -> TaskGradStats:
+    """The same inputs with everything a strategy does not declare it reads replaced."""
+    gen = torch.Generator().manual_seed(seed)
+    k = s.num_tasks
+    stats = {
+        name: v if name in reads else torch.rand(k, generator=gen) * 50
+        for name, v in s.stats.items()
+    }
+    gains = s.gains if "gains" in reads else torch.randn(k, generator=gen, dtype=torch.float64)
+    rows = torch.randn(2 * k, DIM, generator=gen, dtype=torch.float64)
+    gram = s.group_gram if "gram" in reads else rows @ rows.T
+    module_grams = s.module_grams if "module_grams" in reads else {
+        name: q * 3.7 for name, q in s.module_grams.items()
+    }  # fmt: skip
+    return TaskGradStats(
+        tasks=s.tasks, step=s.step, group_gram=gram, shares=s.shares, module_grams=module_grams,
+        stats=stats, gains=gains,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_strategy_reads_nothing_but_what_it_declares(name):
+    reads = STRATEGIES.get(name).reads
+    inputs = sequence(3, seed=23, n=3)
+    changed = [corrupt(s, reads, seed=i) for i, s in enumerate(inputs)]
+    for x, y in zip(run(name, inputs), run(name, changed), strict=True):
+        assert_same(x, y, tol=0.0)
+
+
+@pytest.mark.parametrize("name", sorted(GRADIENT_BLIND))
 def test_gradient_blind_methods_ignore_gradient_scale(name):
     inputs = sequence(3, seed=13, n=2)
     for x, y in zip(

@@ -278,7 +278,7 @@ def test_famo_weights_log_losses_and_shifts_weight_from_the_improving_task():
     )
     # Step 2: task 0 improved (0.5 -> 0.7), task 1 did not: task 0's logit falls.
     out = famo(exact(grads, reward=[0.7, 0.2], step=2))
-    assert out.info["z/t0"] < 0.5 < out.info["z/t1"]
+    assert out.task_info["z"][0] < 0.5 < out.task_info["z"][1]
 
 
 def test_mt_grpo_ratio_preserving_sampler():
@@ -298,7 +298,7 @@ def test_mt_grpo_raises_the_weight_of_the_worst_stagnating_task():
     for step in range(1, 6):  # task 0 stuck at 0.2, task 1 at 0.8 and improving
         out = strategy(exact(grads, reward=[0.2, 0.8 + 0.02 * step], step=step))
     assert out.sampling is None
-    assert out.info["z/t0"] > 0.5 > out.info["z/t1"]
+    assert out.task_info["z"][0] > 0.5 > out.task_info["z"][1]
     assert float(out.task_weights[0]) > float(out.task_weights[1])
 
 

@@ -14,12 +14,12 @@ from taskgrad.analysis.compare import (
     ratio_interval,
     score_run,
     static_grid,
-    t_interval,
     tune_static,
 )
 from taskgrad.analysis.compare_report import paired_differences
 from taskgrad.analysis.reproduce import Planned, RunsFailed, run_all
 from taskgrad.analysis.runs import load_run
+from taskgrad.stats import mean_ci
 from tests.synthetic_runs import write_run
 
 STEPS = 20
@@ -114,7 +114,7 @@ def test_score_run_by_hand(tmp_path):
 
 
 def test_t_interval_by_hand():
-    m, lo, hi = t_interval([1.0, 2.0, 3.0])
+    m, lo, hi = mean_ci([1.0, 2.0, 3.0])
     # mean 2, sd 1, t(.975, 2) = 4.303 -> half-width 4.303 / sqrt(3) = 2.484
     assert (
         m == 2.0

@@ -196,8 +196,8 @@ def test_other_file_errors(tmp_path: Path) -> None:
 def test_bad_options(tmp_path: Path) -> None:
     path = str(write_jsonl(tmp_path / "d.jsonl", math_rows()))
     for options, message in [
-        ({}, "needs options.path"),
-        ({"path": path, "reward": "fuzzy"}, "reward must be one of"),
+        ({}, r"options\.path: need a file"),
+        ({"path": path, "reward": "fuzzy"}, r"options\.reward: invalid value 'fuzzy'; valid: math"),
         ({"path": path, "eval_fraction": 1.5}, "eval_fraction"),
         ({"path": path, "entry_point": "not valid"}, "entry_point"),
     ]:

@@ -16,7 +16,7 @@ from taskgrad.policy import (
     load_policy,
 )
 from taskgrad.rollout import generate, response_mask_from_ids
-from taskgrad.tasks.factory import build_tasks
+from taskgrad.tasks import build_tasks
 from taskgrad.train import train
 
 TINY = TinyModelConfig(

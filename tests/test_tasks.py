@@ -118,7 +118,7 @@ def test_eval_set_is_fixed_distinct_and_seeded(task: Task) -> None:
 
 def _options(task: Task) -> dict:
     if task.name == "mathrows":
-        return {"path": task.path, "reward": "math", "name": "mathrows"}
+        return {"path": task.options.path, "reward": "math", "name": "mathrows"}
     return {}
 
 

@@ -14,16 +14,17 @@ import yaml
 from safetensors.torch import load_file
 
 from taskgrad.config import load_config
-from taskgrad.tasks import TASKS, Reward, Sample, Task
+from taskgrad.tasks import Reward, Sample, Task
 from taskgrad.train import train
 
+PARITY = "tests.test_train:Parity"  # a task by import path: no registration needed
 
-@TASKS.register("test_parity")
+
 class Parity(Task):
     """Test-only: reward 1 when the first character's code is even, so that even an untrained
     model gets rewards of about 1/2 and every group has non-zero advantages."""
 
-    name = "test_parity"
+    name = "parity"
 
     def generate(self, rng):
         return Sample(self.name, f"{rng.randint(0, 99)}?", "0")
@@ -187,7 +188,7 @@ def test_resume_after_interruption_repeats_the_uninterrupted_run(tmp_path, cache
 
 @pytest.mark.slow
 def test_static_weights_silence_a_task_and_sampling_moves_prompts(tmp_path, cache):
-    parity = "tasks=[{name: left, type: test_parity}, {name: right, type: test_parity}]"
+    parity = f"tasks=[{{name: left, type: '{PARITY}'}}, {{name: right, type: '{PARITY}'}}]"
     base = [*SMALL, f"model.cache_dir={cache}", parity, "steps=3", "eval.every=0"]
     silenced = [*base, "balance.strategy=static", "balance.options={weights: [1.0, 0.0]}"]
     static = train(load_config(None, silenced), tmp_path / "static")
@@ -202,7 +203,7 @@ def test_static_weights_silence_a_task_and_sampling_moves_prompts(tmp_path, cach
     recs = records(train(load_config(None, sampled), tmp_path / "prop"))
     assert [r["task/left/prompts"] + r["task/right/prompts"] for r in recs] == [6, 6, 6]
     for before, after in itertools.pairwise(recs):
-        probs = [before[f"balance/sampling/{t}"] for t in ("left", "right")]
+        probs = [before[f"balance/{t}/sampling"] for t in ("left", "right")]
         assert sum(probs) == pytest.approx(1.0)
         # the next batch follows the probabilities: 2 prompts each, 2 more by largest remainder
         expected = 2 + round(2 * probs[0])

@@ -36,8 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from taskgrad import metrics as M
 from taskgrad.analysis.reproduce import Planned, run_all
-from taskgrad.analysis.runs import Run
+from taskgrad.analysis.runs import Run, load_run
+from taskgrad.stats import mean_ci
 
 RESERVED = ("seed", "run_name", "runs_root", "balance.strategy", "balance.options")
 TUNE_SEED = 1000  # first tuning seed of the static sweep; comparison seeds are 0..seeds-1
@@ -150,11 +152,8 @@ class RunScore:
 
 
 def score_run(path: Path | Run, target: float) -> RunScore:
-    from taskgrad.analysis.compare_report import heldout
-    from taskgrad.analysis.runs import load_run
-
     run = path if isinstance(path, Run) else load_run(path)
-    evals = heldout(run)  # [n_evals, K]
+    evals = run.heldout()  # [n_evals, K]
     mean, worst = evals.mean(axis=1), evals.min(axis=1)
     steps = evals.index.to_numpy(dtype=float)
     span = steps[-1] - steps[0] if len(steps) > 1 else 1.0
@@ -164,11 +163,12 @@ def score_run(path: Path | Run, target: float) -> RunScore:
         else float(mean.iloc[0])
     )
     reached = worst[worst >= target]
-    imb = run.column("grad/full/imbalance")
+    imb = run.column(M.grad_scope_key("full", "imbalance"))
     # completion tokens per step = sum_k prompts_k * G * mean response length_k
     group = float(run.cfg("rollout.group_size", math.nan))
-    tokens = run.task_frame("task/{task}/prompts") * run.task_frame("task/{task}/response_length")
-    step_time = run.column("time/step")
+    prompts = run.task_frame(M.task_key("{task}", "prompts"))
+    tokens = prompts * run.task_frame(M.task_key("{task}", "response_length"))
+    step_time = run.column(M.time_key("step"))
     return RunScore(
         strategy=run.config["balance"]["strategy"],
         seed=run.seed,
@@ -182,24 +182,10 @@ def score_run(path: Path | Run, target: float) -> RunScore:
     )
 
 
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% Student-t interval across seeds (NaN half-width with one seed)."""
-    from scipy import stats
-
-    x = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
-    if x.size == 0:
-        return math.nan, math.nan, math.nan
-    m = float(x.mean())
-    if x.size < 2:
-        return m, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return m, m - half, m + half
-
-
 def ratio_interval(values: list[float]) -> tuple[float, float, float]:
     """Geometric mean and 95% t-interval of positive ratios (the t-interval of their logs)."""
     logs = [math.log(v) for v in values if math.isfinite(v) and v > 0]
-    return tuple(math.exp(x) if math.isfinite(x) else math.nan for x in t_interval(logs))
+    return tuple(math.exp(x) if math.isfinite(x) else math.nan for x in mean_ci(logs))
 
 
 def _fmt(m: float, lo: float, hi: float, pct: bool = True) -> str:
@@ -245,9 +231,9 @@ def table_rows(
         row = [
             name,
             str(len(runs)),
-            _fmt(*t_interval([r.final_mean for r in runs])),
-            _fmt(*t_interval([r.final_worst for r in runs])),
-            _fmt(*t_interval([r.auc for r in runs])),
+            _fmt(*mean_ci([r.final_mean for r in runs])),
+            _fmt(*mean_ci([r.final_worst for r in runs])),
+            _fmt(*mean_ci([r.auc for r in runs])),
             steps,
             _fmt(*ratio_interval([r.imbalance for r in runs]), pct=False),
             f"{np.mean(tokens):.0f}" if tokens else "-",
@@ -259,8 +245,8 @@ def table_rows(
             d_worst = [r.final_worst - base[r.seed].final_worst for r in runs if r.seed in base]
             same = name == ref
             row += [
-                "-" if same else _fmt(*t_interval(d_mean)),
-                "-" if same else _fmt(*t_interval(d_worst)),
+                "-" if same else _fmt(*mean_ci(d_mean)),
+                "-" if same else _fmt(*mean_ci(d_worst)),
             ]
         rows.append(row)
     return header, rows
@@ -388,9 +374,9 @@ def write_report(
         doc.figure(C.fig_forest(by, ref))
     task_rows = []
     for name, rs in by.items():
-        finals = [C.heldout(r).iloc[-1] for r in rs]
+        finals = [r.heldout().iloc[-1] for r in rs]
         for task in rs[0].tasks:
-            task_rows.append([name, task, _fmt(*t_interval([f[task] for f in finals]))])
+            task_rows.append([name, task, _fmt(*mean_ci([f[task] for f in finals]))])
     doc.table(["strategy", "task", "final held-out accuracy [95% CI]"], task_rows)
     doc.heading("What the strategies did")
     doc.figure(C.fig_effort(by, baseline, F.Palette(runs[0].tasks)))

@@ -19,19 +19,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from taskgrad import metrics as M
 from taskgrad.analysis import figures as F
 from taskgrad.analysis.runs import Run
 from taskgrad.analysis.stats import seed_band
+from taskgrad.stats import mean_ci
 
 AIM_MEAN, AIM_WORST = 0.045, 0.16  # the comparison's aims, in accuracy (fraction)
 
 Runs = dict[str, list[Run]]  # strategy -> its runs (one per seed)
-
-
-def heldout(run: Run) -> pd.DataFrame:
-    """[n_evals, K] held-out accuracy, rows = evaluated steps (step 0 included)."""
-    cols = {t: run.column(f"eval/{t}/accuracy") for t in run.tasks}
-    return pd.DataFrame(cols).dropna(how="any")
 
 
 def strategy_colors(names: list[str], baseline: str) -> dict[str, tuple]:
@@ -65,7 +61,7 @@ def fig_curves(by: Runs, baseline: str) -> F.Fig:
     fig, axes = F.grid(1, 2, width=6.0, height=4.0)
     for ax, (what, reduce) in zip(axes[0], (("mean", "mean"), ("worst-task", "min")), strict=True):
         for name in names:
-            frame = pd.concat([getattr(heldout(r), reduce)(axis=1) for r in by[name]], axis=1)
+            frame = pd.concat([getattr(r.heldout(), reduce)(axis=1) for r in by[name]], axis=1)
             _curve(ax, frame, colors[name], _style(name, baseline), band=name == baseline)
         F.labels(ax, "step", f"{what} held-out accuracy (fraction)", f"{what} accuracy")
     _finish(fig, "Held-out accuracy over training, per strategy", names, colors, baseline)
@@ -83,7 +79,7 @@ def fig_tasks(by: Runs, baseline: str) -> F.Fig:
     fig, axes = F.panels(len(tasks), width=4.6, height=3.4, max_cols=4)
     for ax, task in zip(axes, tasks, strict=True):
         for name in names:
-            frame = pd.concat([heldout(r)[task] for r in by[name]], axis=1)
+            frame = pd.concat([r.heldout()[task] for r in by[name]], axis=1)
             _curve(ax, frame, colors[name], _style(name, baseline), band=False)
         F.labels(ax, "step", "held-out accuracy (fraction)", task)
     _finish(fig, "Held-out accuracy per task (mean over seeds)", names, colors, baseline)
@@ -93,19 +89,17 @@ def fig_tasks(by: Runs, baseline: str) -> F.Fig:
 
 def paired_differences(by: Runs, baseline: str, reduce: str) -> dict[str, list[float]]:
     """strategy -> per seed, final (mean|min over tasks) accuracy minus the baseline's."""
-    base = {r.seed: float(getattr(heldout(r).iloc[-1], reduce)()) for r in by.get(baseline, [])}
+    base = {r.seed: float(getattr(r.heldout().iloc[-1], reduce)()) for r in by.get(baseline, [])}
     out = {}
     for name, runs in by.items():
         if name == baseline:
             continue
-        final = {r.seed: float(getattr(heldout(r).iloc[-1], reduce)()) for r in runs}
+        final = {r.seed: float(getattr(r.heldout().iloc[-1], reduce)()) for r in runs}
         out[name] = [v - base[s] for s, v in final.items() if s in base]
     return out
 
 
 def fig_forest(by: Runs, baseline: str) -> F.Fig:
-    from taskgrad.analysis.compare import t_interval
-
     fig, axes = F.grid(1, 2, width=5.4, height=0.35 * len(by) + 1.6)
     for ax, (what, reduce, aim) in zip(
         axes[0], (("mean", "mean", AIM_MEAN), ("worst-task", "min", AIM_WORST)), strict=True
@@ -113,7 +107,7 @@ def fig_forest(by: Runs, baseline: str) -> F.Fig:
         diffs = paired_differences(by, baseline, reduce)
         names = list(diffs)
         for i, name in enumerate(names):
-            m, lo, hi = t_interval(diffs[name])
+            m, lo, hi = mean_ci(diffs[name])
             xerr = [[m - lo], [hi - m]] if np.isfinite(lo) else None
             ax.errorbar(m, i, xerr=xerr, fmt="o", color="black", ms=4, capsize=3)
             ax.plot(diffs[name], [i] * len(diffs[name]), "x", color="#999999", ms=4)
@@ -138,9 +132,9 @@ def fig_forest(by: Runs, baseline: str) -> F.Fig:
 
 def effort(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:
     """[steps, K] update weight / its mean over tasks, and sampling probability x K."""
-    w = run.task_frame("balance/{task}/weight")
+    w = run.task_frame(M.balance_key("{task}", "weight"))
     w = w.div(w.mean(axis=1), axis=0)
-    p = run.task_frame("balance/sampling/{task}") * len(run.tasks)
+    p = run.task_frame(M.balance_key("{task}", "sampling")) * len(run.tasks)
     return w, p
 
 
@@ -175,14 +169,15 @@ def fig_effort(by: Runs, baseline: str, pal: F.Palette) -> F.Fig | None:
 
 
 def fig_imbalance(by: Runs, baseline: str) -> F.Fig | None:
-    names = [n for n in by if any(r.has("grad/full/imbalance") for r in by[n])]
+    key = M.grad_scope_key("full", "imbalance")
+    names = [n for n in by if any(r.has(key) for r in by[n])]
     if not names:
         return None
     fig, axes = F.grid(1, 1, width=max(6.0, 0.55 * len(names) + 2), height=3.8)
     ax = axes[0][0]
     data = []
     for name in names:
-        values = pd.concat([r.column("grad/full/imbalance") for r in by[name]]).dropna()
+        values = pd.concat([r.column(key) for r in by[name]]).dropna()
         data.append(values[values > 0].to_numpy())
     ax.boxplot(data, showfliers=False)
     ax.set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right")

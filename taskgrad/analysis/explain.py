@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from taskgrad import metrics as M
 from taskgrad.analysis.gains import sq_key
 from taskgrad.analysis.runs import Group
 from taskgrad.analysis.stats import percentile_ci, quiet, rowwise_spearman, spearman
@@ -93,7 +94,7 @@ def advantage_pairs(group: Group) -> pd.DataFrame:
     """Long frame: run, step, task, abs_advantage, sqnorm (unbiased), one row per measured step."""
     rows = []
     for i, run in enumerate(group.runs):
-        adv = run.task_frame("task/{task}/abs_advantage")
+        adv = run.task_frame(M.task_key("{task}", "abs_advantage"))
         sq = run.task_frame(sq_key(run))
         for task in run.tasks:
             part = pd.DataFrame({"abs_advantage": adv[task], "sqnorm": sq[task]}).dropna()
@@ -225,7 +226,7 @@ def regression_frame(group: Group) -> tuple[pd.DataFrame, int]:
             dropped += int((u <= 0).sum())
             part = pd.DataFrame({"y": np.log(u.where(u > 0))}, index=u.index)
             for stat in STATISTICS:
-                v = run.column(f"task/{task}/{stat}").reindex(u.index)
+                v = run.column(M.task_key(task, stat)).reindex(u.index)
                 part[stat] = np.log(v.where(v > 0)) if stat in LOG_STATISTICS else v
             parts.append(part.assign(task=task, run=i).dropna(subset=["y"]))
     if not parts:
@@ -321,8 +322,9 @@ def decomposition(group: Group) -> pd.DataFrame:
             w = run.column(sq_key(run, "task_weight").format(task=task))
             steps = u.index[u.notna() & (u.index > 0)]
             cols["u"] += list(u[steps])
-            cols["adv"] += list(run.column(f"task/{task}/abs_advantage").reindex(steps))
-            cols["len"] += list(run.column(f"task/{task}/response_length").reindex(steps))
+            adv = run.column(M.task_key(task, "abs_advantage"))
+            cols["adv"] += list(adv.reindex(steps))
+            cols["len"] += list(run.column(M.task_key(task, "response_length")).reindex(steps))
             cols["w"] += list(w.reindex(steps))
             cols["wu"] += list((w.reindex(steps) ** 2) * u[steps])
         m = {k: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan for k, v in cols.items()}

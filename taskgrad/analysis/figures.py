@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from taskgrad import metrics as M
 from taskgrad.analysis import measures
 from taskgrad.analysis.analyse import GroupAnalysis
 from taskgrad.analysis.gains import sq_key
@@ -214,7 +215,7 @@ def fig_overview(items: list[GroupAnalysis], pal: Palette) -> Fig:
             "learning gain (Δ reward, fraction)",
             row_title(g, "learning gain", several),
         )
-        task_lines(row[2], g, "task/{task}/reward", pal)
+        task_lines(row[2], g, M.task_key("{task}", "reward"), pal)
         labels(row[2], "step", REWARD_LABEL, row_title(g, "training reward", several))
     finish(
         fig,
@@ -258,13 +259,13 @@ def gain_bars(ax, a: GroupAnalysis, pal: Palette) -> None:
 
 def fig_heldout(items: list[GroupAnalysis], pal: Palette) -> Fig | None:
     """Held-out accuracy over training (top) and paired probe gains with 95% CIs (bottom)."""
-    if not any(len(measures.heldout(r)) for a in items for r in a.group.runs):
+    if not any(len(r.heldout()) for a in items for r in a.group.runs):
         return None
-    probe = any(a.group.has_task_key("gain/{task}/probe") for a in items)
+    probe = any(a.group.has_task_key(M.gain_key("{task}", "probe")) for a in items)
     fig, axes = grid(1 + probe, len(items))
     for col, a in enumerate(items):
         ax, g = axes[0][col], a.group
-        frames = [measures.heldout(r) for r in g.runs]
+        frames = [r.heldout() for r in g.runs]
         for task in g.tasks:
             _points(ax, pd.concat([f[task] for f in frames], axis=1), pal(task))
         mean = pd.concat([f[g.tasks].mean(axis=1) for f in frames], axis=1)
@@ -298,13 +299,13 @@ def _points(ax, frame: pd.DataFrame, color: str, ls: str = "-") -> None:
 def probe_panel(ax, g: Group, pal: Palette) -> None:
     width = max(r.steps for r in g.runs) / 60
     for k, task in enumerate(g.tasks):
-        gains_ = g.stack(f"gain/{task}/probe").dropna(how="all")
+        gains_ = g.stack(M.gain_key(task, "probe")).dropna(how="all")
         if gains_.empty:
             continue
         mean, lo, hi = seed_band(gains_)
         if len(g.runs) == 1:
-            lo = g.stack(f"gain/{task}/probe_ci_low")[0].reindex(mean.index)
-            hi = g.stack(f"gain/{task}/probe_ci_high")[0].reindex(mean.index)
+            lo = g.stack(M.gain_key(task, "probe_ci_low"))[0].reindex(mean.index)
+            hi = g.stack(M.gain_key(task, "probe_ci_high"))[0].reindex(mean.index)
         x = mean.index + (k - (len(g.tasks) - 1) / 2) * width
         err = np.vstack([mean - lo, hi - mean]).clip(min=0)
         ax.errorbar(x, mean, yerr=np.nan_to_num(err), fmt="o", ms=3, color=pal(task), capsize=2)
@@ -417,11 +418,12 @@ def fig_noise(items: list[GroupAnalysis], pal: Palette) -> Fig:
 
 def fig_lengths(items: list[GroupAnalysis], pal: Palette) -> Fig | None:
     """Response length per task over training (the paper's response-length figure)."""
-    if not any(a.group.has_task_key("task/{task}/response_length") for a in items):
+    length = M.task_key("{task}", "response_length")
+    if not any(a.group.has_task_key(length) for a in items):
         return None
     fig, axes = panels(len(items))
     for ax, a in zip(axes, items, strict=True):
-        task_lines(ax, a.group, "task/{task}/response_length", pal)
+        task_lines(ax, a.group, length, pal)
         labels(ax, "step", "response length (tokens)", f"{a.label}: response length")
     finish(fig, "Response length per task", pal.handles(all_tasks(items)))
     caption = "Mean completion length per task and step, in tokens. " + seeds_note(
@@ -469,8 +471,8 @@ def fig_accuracy_compare(items: list[GroupAnalysis]) -> Fig | None:
 def fig_balance(items: list[GroupAnalysis], pal: Palette) -> Fig | None:
     """Per-task sampling probability and update weight chosen by a balancing strategy."""
     keys = (
-        ("balance/sampling/{task}", "sampling probability"),
-        ("balance/{task}/weight", "weight"),
+        (M.balance_key("{task}", "sampling"), "sampling probability"),
+        (M.balance_key("{task}", "weight"), "weight"),
     )
     rows = [a for a in items if any(a.group.has_task_key(k) for k, _ in keys)]
     rows = [a for a in rows if a.group.cfg("balance.strategy", "uniform") != "uniform"]

@@ -30,11 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from taskgrad import metrics as M
 from taskgrad.analysis.runs import Group, Run
 from taskgrad.analysis.stats import percentile_ci, quiet, rowwise_spearman, spearman
 
 WINDOW_FRACTIONS = {"1/8": 1 / 8, "1/2": 1 / 2, "7/8": 7 / 8}
-REWARD = "task/{task}/reward"
+REWARD = M.task_key("{task}", "reward")
 N_BOOT = 2000
 
 
@@ -42,13 +43,13 @@ def scope(run: Run) -> str:
     """The main gradient scope: ``full`` unless the buffers held another scope only."""
     return (
         "full"
-        if any(c.startswith("grad/full/") for c in run.metrics)
+        if any(c.startswith(M.grad_scope_key("full", "")) for c in run.metrics)
         else str(run.cfg("diagnostics.scope", "full"))
     )
 
 
 def sq_key(run: Run, stat: str = "sqnorm_unbiased") -> str:
-    return f"grad/{scope(run)}/{{task}}/{stat}"
+    return M.grad_key(scope(run), "{task}", stat)
 
 
 # --- windows and gains ---------------------------------------------------------------------------
@@ -72,7 +73,7 @@ class Window:
 def window_centers(run: Run) -> list[tuple[str, int, int]]:
     """(position, centre, s) near T/8, T/2, 7T/8; duplicates (short runs) are dropped."""
     total, s_cfg = run.steps, int(run.cfg("diagnostics.gain_window", 10) or 1)
-    logged = run.column("gain/window_center").dropna().astype(int).to_numpy()
+    logged = run.column(M.WINDOW_CENTER).dropna().astype(int).to_numpy()
     out, seen = [], set()
     for position, frac in WINDOW_FRACTIONS.items():
         if logged.size:
@@ -101,8 +102,10 @@ def windows_of(run: Run, index: int = 0) -> list[Window]:
             after = rewards.reindex(range(c + 1, c + s + 1)).to_numpy()
             gain = _nanmean0(after) - _nanmean0(before)
         else:
-            row = run.metrics.index[run.column("gain/window_center") == c]
-            gain = np.array([run.column(f"gain/{t}/window").get(row[0], np.nan) for t in run.tasks])
+            row = run.metrics.index[run.column(M.WINDOW_CENTER) == c]
+            gain = np.array(
+                [run.column(M.gain_key(t, "window")).get(row[0], np.nan) for t in run.tasks]
+            )
             before = after = None
         out.append(
             Window(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from taskgrad import metrics as M
 from taskgrad.analysis.gains import scope, sq_key
 from taskgrad.analysis.runs import Group, Run
 from taskgrad.analysis.stats import Z95, mean_ci, nanmedian, spearman
@@ -30,7 +31,7 @@ from taskgrad.analysis.stats import Z95, mean_ci, nanmedian, spearman
 
 def imbalance_series(run: Run, geometry: str = "") -> pd.Series:
     """Per-step imbalance (``adam_`` geometry optional); recomputed where not logged."""
-    key = f"grad/{scope(run)}/{geometry}imbalance"
+    key = M.grad_scope_key(scope(run), f"{geometry}imbalance")
     if run.has(key):
         return run.column(key)[run.metrics.index > 0]
     stat = "adam_sqnorm_unbiased" if geometry else "sqnorm_unbiased"
@@ -87,9 +88,7 @@ def noise_fraction(group: Group) -> pd.Series:
 def cosine_halves(group: Group) -> dict[str, pd.DataFrame] | None:
     """K x K mean task cosines over the first ("early") and second ("late") half of training."""
     tasks = group.tasks
-    if not any(
-        group.has(f"grad/{scope(group.runs[0])}/cos/{a}__{b}") for a in tasks for b in tasks
-    ):
+    if not any(group.has(M.cos_key(scope(group.runs[0]), a, b)) for a in tasks for b in tasks):
         return None
     out = {}
     for half in ("early", "late"):
@@ -98,7 +97,7 @@ def cosine_halves(group: Group) -> dict[str, pd.DataFrame] | None:
             for j in range(i + 1, len(tasks)):
                 values = []
                 for run in group.runs:
-                    s = run.column(f"grad/{scope(run)}/cos/{a}__{tasks[j]}")
+                    s = run.column(M.cos_key(scope(run), a, tasks[j]))
                     s = s[s.index > 0]
                     mid = run.steps / 2
                     values += list(
@@ -113,8 +112,8 @@ def proxy_pairs(group: Group) -> pd.DataFrame:
     """(full u, proxy u, task) over seeds and steps where both were measured."""
     parts = []
     for run in group.runs:
-        full = run.task_frame("grad/full/{task}/sqnorm_unbiased")
-        proxy = run.task_frame("grad/proxy/{task}/sqnorm_unbiased")
+        full = run.task_frame(M.grad_key("full", "{task}", "sqnorm_unbiased"))
+        proxy = run.task_frame(M.grad_key("proxy", "{task}", "sqnorm_unbiased"))
         for task in run.tasks:
             part = pd.DataFrame({"full": full[task], "proxy": proxy[task]}).dropna()
             parts.append(part.assign(task=task))
@@ -132,7 +131,7 @@ def proxy_agreement(group: Group) -> tuple[float, list[float]]:
 def transfer(group: Group) -> dict[int, pd.DataFrame]:
     """Step -> K x K mean (over seeds) of T[j, k] (rows: j, whose update; cols: k, evaluated)."""
     tasks = group.tasks
-    keys = {(j, k): f"transfer/{j}__{k}" for j in tasks for k in tasks}
+    keys = {(j, k): M.transfer_key(j, k) for j in tasks for k in tasks}
     steps = sorted(
         {
             int(s)
@@ -151,18 +150,12 @@ def transfer(group: Group) -> dict[int, pd.DataFrame]:
     return out
 
 
-def heldout(run: Run) -> pd.DataFrame:
-    """Held-out accuracy per task (columns) at the evaluation steps (rows, step 0 included)."""
-    frame = run.task_frame("eval/{task}/accuracy", steps="all")
-    return frame.dropna(how="all")
-
-
 def final_accuracy(group: Group) -> pd.DataFrame:
     """Per task and for the task mean: final held-out accuracy, its 95% interval and the start."""
     rows = {}
     size = int(group.cfg("eval.size", 64) or 64)
-    finals = [heldout(r).iloc[-1] for r in group.runs if len(heldout(r))]
-    starts = [heldout(r).iloc[0] for r in group.runs if len(heldout(r))]
+    finals = [r.heldout().iloc[-1] for r in group.runs if len(r.heldout())]
+    starts = [r.heldout().iloc[0] for r in group.runs if len(r.heldout())]
     if not finals:
         return pd.DataFrame(columns=["start", "end", "lo", "hi"])
     final, start = pd.DataFrame(finals), pd.DataFrame(starts)

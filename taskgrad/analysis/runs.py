@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from taskgrad import metrics as M
+
 # Keys that do not change what is computed: runs that differ only in these are seeds of one config.
 PLUMBING = frozenset(
     {
@@ -89,6 +91,12 @@ class Run:
         if key in self.metrics:
             return self.metrics[key]
         return pd.Series(np.nan, index=self.metrics.index, name=key)
+
+    def heldout(self) -> pd.DataFrame:
+        """Held-out accuracy [n_evals, K]: rows are the evaluated steps (step 0 included) where
+        every task was evaluated, columns the tasks."""
+        frame = self.task_frame(M.eval_key("{task}"), steps="all")
+        return frame.dropna(how="any")
 
     def task_frame(self, pattern: str, steps: str = "train") -> pd.DataFrame:
         """Columns = tasks, from keys ``pattern.format(task=...)``; rows = steps.

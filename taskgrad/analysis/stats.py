@@ -1,7 +1,6 @@
 """Small, general statistics used by the findings; NaN (a logged ``null``) is always tolerated.
 
-spearman(x, y)         Pearson correlation of average ranks, over finite pairs (>= 3)
-rowwise_spearman       the same for each row of [B, n] arrays (bootstrap replicates)
+spearman, rowwise_spearman, mean_ci   from taskgrad.stats (shared with the loop)
 seed_band(M)           mean over runs and a 95% t-interval of that mean, per step:
                        mean +- t(0.975, n-1) * sd / sqrt(n); no band with n < 2
 percentile_ci(x)       the 2.5% and 97.5% quantiles of bootstrap replicates (NaNs dropped)
@@ -19,27 +18,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from taskgrad.stats import mean_ci, rowwise_spearman, spearman
+
+__all__ = [
+    "Z95", "ema", "fmt", "fmt_ci", "mean_ci", "nanmedian", "percentile_ci", "quiet",
+    "rowwise_spearman", "seed_band", "smoothing_span", "spearman", "times",
+]  # fmt: skip
+
 Z95 = 1.959963984540054  # the 97.5% normal quantile
-
-
-def spearman(x, y) -> float:
-    """Rank correlation of finite pairs (average ranks for ties); NaN if < 3 pairs or no spread."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    keep = np.isfinite(x) & np.isfinite(y)
-    if keep.sum() < 3:
-        return math.nan
-    return float(rowwise_spearman(x[keep][None, :], y[keep][None, :])[0])
-
-
-def rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman's rho of each row pair of x, y [B, n] (values finite); NaN for a flat row."""
-    rx = sps.rankdata(x, axis=1)  # [B, n] average ranks
-    ry = sps.rankdata(y, axis=1)
-    rx = rx - rx.mean(axis=1, keepdims=True)
-    ry = ry - ry.mean(axis=1, keepdims=True)
-    denom = np.sqrt((rx**2).sum(axis=1) * (ry**2).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (rx * ry).sum(axis=1) / denom, np.nan)
 
 
 def seed_band(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
@@ -56,18 +42,6 @@ def seed_band(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
     )
     half = t * sd / np.sqrt(n.where(n > 0))
     return mean, mean - half, mean + half
-
-
-def mean_ci(values) -> tuple[float, float, float]:
-    """Mean of finite values and its 95% t-interval (NaN bounds with fewer than 2 values)."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return math.nan, math.nan, math.nan
-    if v.size < 2:
-        return float(v.mean()), math.nan, math.nan
-    half = sps.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
 def percentile_ci(samples, level: float = 0.95) -> tuple[float, float]:

@@ -1,21 +1,12 @@
 """Balancing strategies: pure functions of per-task gradient statistics -> task weights.
 
-Importing this package registers every built-in strategy in ``STRATEGIES``: the baselines
-(basic), norm balancing (norms), gradient surgery (surgery), Pareto-style aggregators (pareto),
-scale-invariant bargaining (impartial), progress-driven weights (progress), a task curriculum
-(curriculum) and new, not yet validated methods (experimental).
+One strategy per module, each registered in ``STRATEGIES`` where it is defined; the registry
+imports this package's modules (and ``experimental/``) the first time a name is looked up, so a
+new strategy is one new file. Shared pieces: ``base`` (what a strategy sees and returns),
+``common`` (smoothed norms, masks, a tiny Adam), ``solvers`` (exact small QPs on the Gram),
+``surgery`` (PCGrad's projection orders).
 """
 
-from taskgrad.balancing import (  # noqa: F401  (imported to register)
-    basic,
-    curriculum,
-    experimental,
-    impartial,
-    norms,
-    pareto,
-    progress,
-    surgery,
-)
 from taskgrad.balancing.base import STRATEGIES, Balance, Strategy, TaskGradStats
 
 __all__ = ["STRATEGIES", "Balance", "Strategy", "TaskGradStats"]

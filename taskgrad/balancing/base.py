@@ -26,7 +26,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from taskgrad.registry import Registry
+from taskgrad.gradients import task_statistics
+from taskgrad.registry import NoOptions, Registry, parse_options
 
 
 @dataclass
@@ -60,8 +61,6 @@ class TaskGradStats:
 
     def sqnorm_unbiased(self) -> torch.Tensor:
         """<g_kA, g_kB>: [K] the split-half unbiased squared norm of each task's gradient."""
-        from taskgrad.gradients import task_statistics
-
         return task_statistics(self.group_gram, self.shares)["sqnorm_unbiased"]
 
 
@@ -70,26 +69,65 @@ class Balance:
     task_weights: torch.Tensor  # [K] multipliers on G_k; ones = plain GRPO
     module_weights: dict[str, torch.Tensor] | None = None  # scope -> [K], where it applies
     sampling: torch.Tensor | None = None  # [K] probabilities of the next batch's prompts
-    info: dict[str, float] = field(default_factory=dict)  # logged as balance/<key>
+    info: dict[str, float] = field(default_factory=dict)  # logged as balance/info/<name>
+    task_info: dict[str, torch.Tensor] = field(default_factory=dict)  # balance/<task>/info/<name>
+
+
+# What a strategy may read of TaskGradStats besides the batch composition (shares).
+READABLE = frozenset(
+    {
+        "gram",
+        "module_grams",
+        "reward",
+        "abs_advantage",
+        "zero_adv_share",
+        "response_length",
+        "gains",
+    }
+)
 
 
 class Strategy:
-    """Base class: subclasses set ``name`` and implement ``__call__``.
+    """Base class: subclasses set ``name``, declare what they are, and implement ``__call__``.
 
-    ``needs_gradients`` is False for strategies that read only training statistics, never the
-    Gram; a property test holds them to it. The loop still captures the group buffers for every
-    strategy other than ``uniform``, because it applies the weights to them (no extra backward),
-    so such strategies need diagnostics every step too. Stateful strategies keep their state in
-    ``self.state`` (a dict of tensors / numbers) which the checkpoint saves and restores.
+    Declarations (class attributes), which the property tests hold every strategy to:
+
+    - ``reads``: which parts of ``TaskGradStats`` it reads besides the shares (a subset of
+      ``READABLE``: the Gram, the module Grams, training statistics by name, gains); anything
+      else may change without changing its output. ``needs_gradients`` follows from it.
+    - ``scale_invariant``: the update's direction is unchanged when one task's gradient is
+      multiplied by a constant.
+    - ``order_dependent``: the output depends on the order of the tasks beyond permuting with
+      them (PCGrad's projection order), so permutation equivariance holds for two tasks only.
+
+    Options are a nested ``Options`` dataclass (fields with defaults and a ``check``), given as an
+    instance or as keywords; both are validated with one-line errors naming the field. The loop
+    captures the group buffers for every strategy other than ``uniform``, because it applies the
+    weights to them (no extra backward). Stateful strategies keep their state in ``self.state``
+    (a dict of tensors / numbers) which the checkpoint saves and restores.
     """
 
     name: ClassVar[str]
-    needs_gradients: ClassVar[bool] = True
+    Options: ClassVar[type] = NoOptions
+    reads: ClassVar[frozenset[str]] = frozenset()
+    scale_invariant: ClassVar[bool] = False
+    order_dependent: ClassVar[bool] = False
+    needs_gradients: ClassVar[bool] = False  # set from ``reads``
 
-    def __init__(self, num_tasks: int, **options: Any) -> None:
-        if options:
-            raise TypeError(f"strategy {self.name!r} takes no option {next(iter(options))!r}")
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.reads) - READABLE
+        if unknown:
+            raise TypeError(f"{cls.__name__}.reads: unknown {sorted(unknown)}; valid {READABLE}")
+        cls.needs_gradients = bool(cls.reads & {"gram", "module_grams"})
+
+    def __init__(self, num_tasks: int, options: Any = None, **kwargs: Any) -> None:
+        if options is None:
+            options = parse_options(type(self), kwargs, "balance.options", num_tasks=num_tasks)
+        elif kwargs:
+            raise TypeError("pass options either as an Options instance or as keywords")
         self.num_tasks = num_tasks
+        self.options = options
         self.state: dict[str, Any] = {}
 
     def __call__(self, s: TaskGradStats) -> Balance:  # pragma: no cover - abstract
@@ -102,7 +140,9 @@ class Strategy:
         self.state = dict(state)
 
 
-STRATEGIES: Registry[type[Strategy]] = Registry("balancing strategy")
+STRATEGIES: Registry[type[Strategy]] = Registry(
+    "balancing strategy", "taskgrad.balancing", Strategy
+)
 
 
 def prompt_counts(probabilities: torch.Tensor, total: int, minimum: int = 1) -> list[int]:

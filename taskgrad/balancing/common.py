@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from taskgrad.balancing.base import Strategy, TaskGradStats
+from taskgrad.schema import need
 
 
 def nan_vector(k: int) -> torch.Tensor:
@@ -140,13 +142,6 @@ def adam_state(key: str, k: int) -> dict[str, Any]:
     return {key: zeros, f"{key}_m": zeros, f"{key}_v": zeros, f"{key}_t": 0}
 
 
-def per_task(prefix: str, tasks: list[str], values: torch.Tensor) -> dict[str, float]:
-    """{f"{prefix}/{task}": value} for the finite entries, for ``Balance.info``."""
-    return {
-        f"{prefix}/{t}": float(v) for t, v in zip(tasks, values, strict=True) if math.isfinite(v)
-    }
-
-
 def on_active(
     s: TaskGradStats,
     solve: Callable[[np.ndarray, torch.Tensor], np.ndarray],
@@ -177,14 +172,21 @@ def subset_norms(norms: torch.Tensor, idx: torch.Tensor, gram: np.ndarray) -> np
 class NormedStrategy(Strategy):
     """Base for strategies that use the smoothed signal norms (options ``ema``, ``floor``)."""
 
-    def __init__(self, num_tasks: int, ema: float = 0.8, floor: float = 0.1) -> None:
-        super().__init__(num_tasks)
-        if not 0 <= ema < 1 or not 0 < floor <= 1:
-            raise ValueError("balance.options: need 0 <= ema < 1 and 0 < floor <= 1")
-        self.ema, self.floor = ema, floor
+    @dataclass
+    class Options:
+        ema: float = 0.8  # moving average of the squared-norm estimates, per step, in [0, 1)
+        floor: float = 0.1  # signal at least floor * sample squared norm, in (0, 1]
+
+        def check(self, where: str, **_: Any) -> None:
+            need(0 <= self.ema < 1, f"{where}.ema", f"0 <= ema < 1, got {self.ema}")
+            need(0 < self.floor <= 1, f"{where}.floor", f"0 < floor <= 1, got {self.floor}")
+
+    def __init__(self, num_tasks: int, options: Any = None, **kwargs: Any) -> None:
+        super().__init__(num_tasks, options, **kwargs)
         self.state = {"step": -1, **norm_state(num_tasks)}
 
     def signal(self, s: TaskGradStats) -> tuple[torch.Tensor, bool]:
         """(n_k [K], whether this is the step's first call); the norms update on the first."""
         update = first_call_of_step(self.state, s)
-        return signal_norms(self.state, s, self.ema, self.floor, update), update
+        o = self.options
+        return signal_norms(self.state, s, o.ema, o.floor, update), update

@@ -1,4 +1,5 @@
-"""Task registry. Importing this package registers every built-in task.
+"""Tasks: one file each in this package, registered in ``TASKS`` where it is defined (the
+registry imports the package's modules on first lookup, so a new task is one new file).
 
 Procedural tasks for the tiny default policy (prompts <= ~30 printable ASCII characters, short
 answers) that also work with instruct LLMs (lenient answer extraction, see ``answers``):
@@ -10,17 +11,11 @@ answers) that also work with instruct LLMs (lenient answer extraction, see ``ans
   ``arithmetic``: the heterogeneous mixture;
 * ``dataset``: rows of a JSONL / Parquet file or a Hugging Face dataset, with a math,
   numeric, exact or code reward.
+
+Support modules: ``base`` (Task, Sample, Reward, the registry), ``answers`` (extraction and
+checks), ``expressions`` (safe arithmetic), ``sandbox`` / ``sandbox_runner`` (running code).
 """
 
-from taskgrad.tasks import (  # noqa: F401  (imported to register)
-    arithmetic,
-    code,
-    countdown,
-    dataset,
-    linear_eq,
-    multistep,
-    table_qa,
-)
-from taskgrad.tasks.base import TASKS, Reward, Sample, Task
+from taskgrad.tasks.base import TASKS, Reward, Sample, Task, build_tasks
 
-__all__ = ["TASKS", "Reward", "Sample", "Task"]
+__all__ = ["TASKS", "Reward", "Sample", "Task", "build_tasks"]

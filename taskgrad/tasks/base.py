@@ -1,6 +1,9 @@
 """What a task is: prompt generation, a 0/1 verifiable reward, a fixed held-out set.
 
 Every ``Sample`` carries its task name, so grouping a batch by task is a groupby, never a guess.
+A task is one file in this package: a ``Task`` subclass registered with ``@TASKS.register``,
+with its options as a nested ``Options`` dataclass (validated like the config). Out-of-tree
+tasks are named in the config by import path: ``type: mypackage.tasks:MyTask``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from taskgrad.registry import Registry
+from taskgrad.registry import NoOptions, Registry, parse_options
 
 
 @dataclass(frozen=True)
@@ -42,16 +45,29 @@ class Task(ABC):
     """Base class of every task. Subclasses set ``name`` and implement ``generate`` and ``reward``.
 
     A task is deterministic given its seed: ``eval_set()`` is fixed and disjoint from the prompts
-    ``sample()`` returns for training.
+    ``sample()`` returns for training. Options come as a parsed ``Options`` instance, or as
+    keyword arguments (``Code(num_ops=1)``), parsed and checked the same way.
     """
 
     name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
 
-    def __init__(self, *, name: str | None = None, eval_size: int = 64, seed: int = 0) -> None:
-        if (
-            name is not None
-        ):  # a dataset-backed task is registered once but instantiated per dataset
+    def __init__(
+        self,
+        options: Any = None,
+        *,
+        name: str | None = None,
+        eval_size: int = 64,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if name is not None:  # e.g. the dataset task is registered once, instantiated per dataset
             self.name = name
+        if options is None:
+            options = parse_options(type(self), kwargs, f"task {self.name!r} options")
+        elif kwargs:
+            raise TypeError("pass options either as an Options instance or as keywords")
+        self.options = options
         self.eval_size = eval_size
         self.seed = seed
         self._eval: list[Sample] | None = None
@@ -107,4 +123,14 @@ def _stable_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-TASKS: Registry[type[Task]] = Registry("task")
+TASKS: Registry[type[Task]] = Registry("task", "taskgrad.tasks", Task)
+
+
+def build_tasks(specs: list[Any], *, eval_size: int, seed: int) -> list[Task]:
+    """One task instance per config ``TaskSpec`` (name, type, options), options validated."""
+    tasks = []
+    for i, spec in enumerate(specs):
+        cls = TASKS.get(spec.type or spec.name)
+        options = parse_options(cls, spec.options, f"tasks[{i}].options")
+        tasks.append(cls(options, name=spec.name, eval_size=eval_size, seed=seed))
+    return tasks

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+from taskgrad.schema import need
 from taskgrad.tasks.answers import extract_program
 from taskgrad.tasks.base import TASKS, Reward, Sample, Task
 from taskgrad.tasks.sandbox import DEFAULT_PRELOAD, SandboxJob, outputs_match, run_many
@@ -43,42 +45,32 @@ MAX_ANSWER_CHARS = 12
 
 @TASKS.register("code")
 class Code(Task):
-    """Prompt ``"f(x): mul 3 add 1; f(2)=7:"``, answer ``"x*3+1"``.
-
-    Options: ``num_ops`` (operations per spec, 1..num_ops), ``max_const`` (constants in
-    2..max_const), ``num_tests`` (hidden inputs), ``timeout_s`` (wall-clock limit per program),
-    ``workers`` (sandboxes run at once by ``rewards``)."""
+    """Prompt ``"f(x): mul 3 add 1; f(2)=7:"``, answer ``"x*3+1"``."""
 
     name = "code"
 
-    def __init__(
-        self,
-        *,
-        num_ops: int = 2,
-        max_const: int = 9,
-        num_tests: int = 5,
-        timeout_s: float = 1.0,
-        workers: int = 4,
-        name: str | None = None,
-        eval_size: int = 64,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(name=name, eval_size=eval_size, seed=seed)
-        if num_ops < 1 or max_const < 2 or not 1 <= num_tests <= 15:
-            raise ValueError("code: need num_ops >= 1, max_const >= 2, 1 <= num_tests <= 15")
-        self.num_ops = num_ops
-        self.max_const = max_const
-        self.num_tests = num_tests
-        self.timeout_s = timeout_s
-        self.workers = workers
+    @dataclass
+    class Options:
+        num_ops: int = 2  # operations per spec, 1..num_ops
+        max_const: int = 9  # constants in 2..max_const
+        num_tests: int = 5  # hidden inputs, 1..15
+        timeout_s: float = 1.0  # wall-clock limit per program, seconds
+        workers: int = 4  # sandboxes run at once by ``rewards``
+
+        def check(self, where: str, **_) -> None:
+            need(self.num_ops >= 1, f"{where}.num_ops", ">= 1")
+            need(self.max_const >= 2, f"{where}.max_const", ">= 2")
+            need(1 <= self.num_tests <= 15, f"{where}.num_tests", "1..15")
+            need(self.timeout_s > 0, f"{where}.timeout_s", "> 0")
+            need(self.workers >= 1, f"{where}.workers", ">= 1")
 
     def generate(self, rng: random.Random) -> Sample:
         for _ in range(1000):
-            steps = [self._step(rng) for _ in range(rng.randint(1, self.num_ops))]
+            steps = [self._step(rng) for _ in range(rng.randint(1, self.options.num_ops))]
             expr, prec = "x", _ATOM
             for op, a in steps:
                 expr, prec = _OPS[op][1](expr, prec, a)
-            xs = rng.sample(range(-7, 9), self.num_tests + 1)
+            xs = rng.sample(range(-7, 9), self.options.num_tests + 1)
             ys = [self._apply(steps, x) for x in xs]
             # Redraw long answers and specs that are constant on the tests (nothing to learn).
             if len(expr) > MAX_ANSWER_CHARS or len(set(ys)) < 2:
@@ -92,7 +84,7 @@ class Code(Task):
     def _step(self, rng: random.Random) -> tuple[str, int | None]:
         op = rng.choice(list(_OPS))
         takes_const = _OPS[op][0]
-        return op, rng.randint(2, self.max_const) if takes_const else None
+        return op, rng.randint(2, self.options.max_const) if takes_const else None
 
     @staticmethod
     def _apply(steps: list[tuple[str, int | None]], x: int) -> int:
@@ -105,7 +97,9 @@ class Code(Task):
 
     def rewards(self, samples: list[Sample], completions: list[str]) -> list[Reward]:
         """Score a batch: identical (program, tests) pairs run once, ``workers`` at a time."""
-        return score_programs(samples, completions, workers=self.workers, timeout_s=self.timeout_s)
+        return score_programs(
+            samples, completions, workers=self.options.workers, timeout_s=self.options.timeout_s
+        )
 
 
 def score_programs(

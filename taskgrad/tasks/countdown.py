@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import dataclass
 
+from taskgrad.schema import need
 from taskgrad.tasks.answers import extract_answer
 from taskgrad.tasks.base import TASKS, Reward, Sample, Task
 from taskgrad.tasks.expressions import ExpressionError, evaluate, random_expression
@@ -35,43 +37,38 @@ _OPERATOR_SPELLINGS = {
 
 @TASKS.register("countdown")
 class Countdown(Task):
-    """Prompt ``"make 13 from 3 5 2:"``, answer ``"3*5-2"`` (any valid expression scores 1).
-
-    Options: ``num_numbers`` (given numbers), ``max_number`` (each in 1..max_number),
-    ``max_target`` (targets in 1..max_target), ``use_all`` (every number exactly once)."""
+    """Prompt ``"make 13 from 3 5 2:"``, answer ``"3*5-2"`` (any valid expression scores 1)."""
 
     name = "countdown"
 
-    def __init__(
-        self,
-        *,
-        num_numbers: int = 3,
-        max_number: int = 9,
-        max_target: int = 99,
-        use_all: bool = False,
-        name: str | None = None,
-        eval_size: int = 64,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(name=name, eval_size=eval_size, seed=seed)
-        if num_numbers < 2 or max_number < 2 or max_target < 1:
-            raise ValueError("countdown: need num_numbers >= 2, max_number >= 2, max_target >= 1")
-        self.num_numbers = num_numbers
-        self.max_number = max_number
-        self.max_target = max_target
-        self.use_all = use_all
+    @dataclass
+    class Options:
+        num_numbers: int = 3  # numbers given in the prompt (>= 2)
+        max_number: int = 9  # each in 1..max_number (>= 2)
+        max_target: int = 99  # targets in 1..max_target
+        use_all: bool = False  # every number must be used exactly once
+
+        def check(self, where: str, **_) -> None:
+            need(self.num_numbers >= 2, f"{where}.num_numbers", ">= 2")
+            need(self.max_number >= 2, f"{where}.max_number", ">= 2")
+            need(self.max_target >= 1, f"{where}.max_target", ">= 1")
 
     def generate(self, rng: random.Random) -> Sample:
+        o = self.options
         for _ in range(1000):
-            numbers = [rng.randint(1, self.max_number) for _ in range(self.num_numbers)]
-            k = self.num_numbers if self.use_all else rng.randint(2, self.num_numbers)
+            numbers = [rng.randint(1, o.max_number) for _ in range(o.num_numbers)]
+            k = o.num_numbers if o.use_all else rng.randint(2, o.num_numbers)
             used = rng.sample(numbers, k)
             built = random_expression(rng, used, "+-*/")
             if built is None:
                 continue
             text, value = built
             # A target equal to a given number would be solved by that number alone.
-            if value.denominator == 1 and 1 <= value <= self.max_target and value not in numbers:
+            if (
+                value.denominator == 1
+                and 1 <= value <= self.options.max_target
+                and value not in numbers
+            ):
                 target = int(value)
                 prompt = f"make {target} from {' '.join(map(str, numbers))}:"
                 meta = {"numbers": numbers, "target": target}
@@ -99,7 +96,7 @@ class Countdown(Task):
                 continue
             format_ok = True
             used = Counter(evaluated.numbers)
-            if self.use_all and used != available:
+            if self.options.use_all and used != available:
                 continue
             if used - available:  # a number used more often than given, or not given at all
                 continue

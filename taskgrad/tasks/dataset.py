@@ -31,72 +31,70 @@ import ast
 import json
 import os
 import random
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
+from taskgrad.schema import need
 from taskgrad.tasks.answers import extract_answer, math_reward, numeric_reward
 from taskgrad.tasks.base import TASKS, Reward, Sample, Task, _stable_seed
 from taskgrad.tasks.code import score_programs
 from taskgrad.tasks.sandbox import STDLIB_PRELOAD, is_plain
 
-REWARDS = ("math", "numeric", "exact", "code")
 LOCAL_EXTENSIONS = (".jsonl", ".ndjson", ".json", ".parquet")
 
 
 @TASKS.register("dataset")
 class Dataset(Task):
-    """Rows of a dataset as a task. Options: ``path`` (file or hub id), ``split`` and
-    ``subset`` (hub only), ``prompt_field``, ``answer_field``, ``tests_field``, ``task_field``
-    (keep rows whose column equals this task's name), ``reward`` (math, numeric, exact, code),
-    ``eval_fraction`` (overrides ``eval_size``), ``rel_tol`` / ``abs_tol`` (numeric),
-    ``entry_point`` (function name for input/output tests), ``timeout_s`` (seconds per completion:
-    the sandbox's wall clock for code, math-verify's limit per parse for math) and ``workers``
-    (sandboxes at once, code)."""
+    """Rows of a dataset as a task (see the module docstring)."""
 
     name = "dataset"
 
-    def __init__(
-        self,
-        *,
-        path: str | None = None,
-        split: str = "train",
-        subset: str | None = None,
-        prompt_field: str = "prompt",
-        answer_field: str = "answer",
-        tests_field: str = "tests",
-        task_field: str | None = None,
-        reward: str = "math",
-        eval_fraction: float | None = None,
-        rel_tol: float = 1e-4,
-        abs_tol: float = 1e-6,
-        entry_point: str = "f",
-        timeout_s: float = 3.0,
-        workers: int = 4,
-        name: str | None = None,
-        eval_size: int = 64,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(name=name, eval_size=eval_size, seed=seed)
-        if not path:
-            raise ValueError(f"task {self.name!r}: the dataset task needs options.path")
-        if reward not in REWARDS:
-            raise ValueError(f"task {self.name!r}: reward must be one of {', '.join(REWARDS)}")
-        if eval_fraction is not None and not 0 <= eval_fraction < 1:
-            raise ValueError(f"task {self.name!r}: eval_fraction must be in [0, 1)")
-        if reward == "math":
+    @dataclass
+    class Options:
+        path: str = ""  # a JSONL / JSON / Parquet file, or a Hugging Face dataset id
+        split: str = "train"  # hub datasets only
+        subset: str | None = None  # hub datasets only
+        prompt_field: str = "prompt"
+        answer_field: str = "answer"
+        tests_field: str = "tests"  # code rows
+        task_field: str | None = None  # keep rows whose column equals this task's name
+        reward: Literal["math", "numeric", "exact", "code"] = "math"
+        eval_fraction: float | None = None  # held-out share of the prompts; overrides eval_size
+        rel_tol: float = 1e-4  # numeric reward tolerance (relative)
+        abs_tol: float = 1e-6  # numeric reward tolerance (absolute)
+        entry_point: str = "f"  # function name of input/output tests (code)
+        # seconds per completion: the sandbox's wall clock (code), math-verify's limit (math)
+        timeout_s: float = 3.0
+        workers: int = 4  # sandboxes at once (code)
+
+        def check(self, where: str, **_) -> None:
+            need(bool(self.path), f"{where}.path", "a file or dataset id (the dataset task)")
+            need(
+                self.eval_fraction is None or 0 <= self.eval_fraction < 1,
+                f"{where}.eval_fraction",
+                f"a number in [0, 1), got {self.eval_fraction!r}",
+            )
+            need(self.entry_point.isidentifier(), f"{where}.entry_point", "a Python identifier")
+            need(
+                self.timeout_s > 0 and self.workers >= 1, f"{where}.timeout_s", "> 0 (workers >= 1)"
+            )
+
+    def __init__(self, options: Any = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        o = self.options
+        path, split, subset, task_field = o.path, o.split, o.subset, o.task_field
+        if o.reward == "math":
             try:
                 import math_verify  # noqa: F401
             except ImportError:
                 raise ImportError(
                     "reward 'math' needs math-verify: pip install math-verify"
                 ) from None
-        if not entry_point.isidentifier():
-            raise ValueError(f"task {self.name!r}: entry_point must be a Python identifier")
-        self.path = path
-        self.fields = {"prompt": prompt_field, "answer": answer_field, "tests": tests_field}
-        self.reward_kind = reward
-        self.rel_tol, self.abs_tol = rel_tol, abs_tol
-        self.entry_point = entry_point
-        self.timeout_s, self.workers = timeout_s, workers
+        self.fields = {"prompt": o.prompt_field, "answer": o.answer_field, "tests": o.tests_field}
+        self.reward_kind = o.reward
+        self.rel_tol, self.abs_tol = o.rel_tol, o.abs_tol
+        self.entry_point = o.entry_point
+        self.timeout_s, self.workers = o.timeout_s, o.workers
 
         samples = []
         for where, row in load_rows(path, split=split, subset=subset):
@@ -109,7 +107,7 @@ class Dataset(Task):
         if not samples:
             selected = f" with {task_field}={self.name!r}" if task_field else ""
             raise ValueError(f"{path}: no rows{selected}")
-        self._split(samples, eval_fraction)
+        self._split(samples, o.eval_fraction)
 
     # -- rows -> samples -----------------------------------------------------------------------
     def _sample(self, where: str, row: dict[str, Any]) -> Sample:

@@ -10,8 +10,10 @@ match with a relative tolerance, as for FinQA's program answers.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from fractions import Fraction
 
+from taskgrad.schema import need
 from taskgrad.tasks.answers import format_number, is_short_decimal, numeric_reward
 from taskgrad.tasks.base import TASKS, Reward, Sample, Task
 
@@ -21,44 +23,34 @@ QUESTIONS = ("add", "sub", "max", "min", "sum", "avg", "ratio")
 
 @TASKS.register("table_qa")
 class TableQA(Task):
-    """Prompt ``"a=3 b=7 c=5; a+c?"``, answer ``"8"``; ``"a=4 b=10 c=1; b/a?"`` -> ``"2.5"``.
-
-    Options: ``num_rows`` (2..8), ``max_value`` (values in 1..max_value), ``questions`` (a
-    subset of add, sub, max, min, sum, avg, ratio), ``rel_tol`` and ``abs_tol`` (reward
-    tolerance: ``|got - want| <= max(rel_tol * max(|got|, |want|), abs_tol)``)."""
+    """Prompt ``"a=3 b=7 c=5; a+c?"``, answer ``"8"``; ``"a=4 b=10 c=1; b/a?"`` -> ``"2.5"``."""
 
     name = "table_qa"
 
-    def __init__(
-        self,
-        *,
-        num_rows: int = 3,
-        max_value: int = 20,
-        questions: tuple[str, ...] | list[str] = QUESTIONS,
-        rel_tol: float = 1e-4,
-        abs_tol: float = 1e-6,
-        name: str | None = None,
-        eval_size: int = 64,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(name=name, eval_size=eval_size, seed=seed)
-        unknown = set(questions) - set(QUESTIONS)
-        if not 2 <= num_rows <= len(LABELS) or max_value < 2 or not questions or unknown:
-            raise ValueError(
-                f"table_qa: need 2 <= num_rows <= {len(LABELS)}, max_value >= 2 and questions "
-                f"from {', '.join(QUESTIONS)}"
+    @dataclass
+    class Options:
+        num_rows: int = 3  # table rows, 2..8
+        max_value: int = 20  # values in 1..max_value
+        # a subset of add, sub, max, min, sum, avg, ratio
+        questions: list[str] = field(default_factory=lambda: list(QUESTIONS))
+        # reward tolerance: |got - want| <= max(rel_tol * max(|got|, |want|), abs_tol)
+        rel_tol: float = 1e-4
+        abs_tol: float = 1e-6
+
+        def check(self, where: str, **_) -> None:
+            need(2 <= self.num_rows <= len(LABELS), f"{where}.num_rows", f"2..{len(LABELS)}")
+            need(self.max_value >= 2, f"{where}.max_value", ">= 2")
+            unknown = set(self.questions) - set(QUESTIONS)
+            need(
+                bool(self.questions) and not unknown,
+                f"{where}.questions",
+                f"names from {', '.join(QUESTIONS)}",
             )
-        if not (rel_tol >= 0 and abs_tol >= 0):
-            raise ValueError("table_qa: tolerances must be >= 0")
-        self.num_rows = num_rows
-        self.max_value = max_value
-        self.questions = tuple(questions)
-        self.rel_tol = rel_tol
-        self.abs_tol = abs_tol
+            need(self.rel_tol >= 0 and self.abs_tol >= 0, f"{where}.rel_tol", "tolerances >= 0")
 
     def generate(self, rng: random.Random) -> Sample:
-        labels = LABELS[: self.num_rows]
-        values = {label: rng.randint(1, self.max_value) for label in labels}
+        labels = LABELS[: self.options.num_rows]
+        values = {label: rng.randint(1, self.options.max_value) for label in labels}
         table = " ".join(f"{label}={value}" for label, value in values.items())
         for _ in range(1000):
             question, answer = self._question(rng, labels, values)
@@ -69,7 +61,7 @@ class TableQA(Task):
     def _question(
         self, rng: random.Random, labels: str, values: dict[str, int]
     ) -> tuple[str, Fraction]:
-        kind = rng.choice(self.questions)
+        kind = rng.choice(self.options.questions)
         x, y = rng.sample(labels, 2)
         if kind == "add":
             return f"{x}+{y}", Fraction(values[x] + values[y])
@@ -86,4 +78,6 @@ class TableQA(Task):
         return "avg", Fraction(sum(values.values()), len(values))
 
     def reward(self, sample: Sample, completion: str) -> Reward:
-        return numeric_reward(completion, sample.answer, rel_tol=self.rel_tol, abs_tol=self.abs_tol)
+        return numeric_reward(
+            completion, sample.answer, rel_tol=self.options.rel_tol, abs_tol=self.options.abs_tol
+        )

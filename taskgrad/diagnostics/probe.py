@@ -1,0 +1,133 @@
+"""Evaluations on fixed probe prompts: paired probe gains, one-step gains, the transfer matrix.
+
+A probe samples ``probe_samples`` completions for each of a task's first ``probe_size`` held-out
+prompts with fixed seeds and returns the mean reward per prompt, so two probes of the same task
+are paired prompt by prompt (and seed by seed):
+
+    gain/<task>/probe      probe now minus probe at the previous probe step
+    gain/<task>/one_step   probe just after one update minus just before it
+    transfer/<j>__<k>      probe gain on k from applying only task j's part of the step
+
+Intervals are the paired normal approximation over prompts.
+
+**Transfer.** Task j's part of a step is the fresh-gradient term of the AdamW update restricted to
+its gradient: dtheta_j = -lr (1 - beta1) / (1 - beta1^t) * c * P * G_j (c: the clip factor). These
+add up to the fresh-gradient part of the real step. T[j, k] = probe_k(theta + dtheta_j) -
+probe_k(theta), paired on the same probe prompts and sampling seeds. The parameters are moved and
+then put back exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from taskgrad import metrics as M
+from taskgrad.config import Config
+from taskgrad.gradients import GroupGradients
+from taskgrad.rollout import generate
+from taskgrad.tasks import Task
+
+ProbeRewards = dict[str, torch.Tensor]  # task -> [n_probe] mean reward per probe prompt
+
+
+@dataclass
+class Prober:
+    """Runs probes of a policy on its tasks' fixed probe prompts."""
+
+    model: torch.nn.Module  # the unwrapped policy
+    tokenizer: object
+    tasks: list[Task]
+    cfg: Config
+
+    @torch.no_grad()
+    def __call__(self) -> ProbeRewards:
+        cfg, d = self.cfg, self.cfg.diagnostics
+        out = {}
+        for k, task in enumerate(self.tasks):
+            samples = task.eval_set()[: d.probe_size]
+            rollout = generate(
+                self.model, self.tokenizer, samples, [k] * len(samples),
+                group_size=d.probe_samples, max_new_tokens=cfg.rollout.max_new_tokens,
+                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=1000 + k,
+                chat_template=cfg.model.chat_template,
+                max_prompt_tokens=cfg.model.max_prompt_tokens,
+                generation_batch=cfg.rollout.generation_batch,
+            )  # fmt: skip
+            rewards = [r.value for r in task.rewards(
+                [samples[i // d.probe_samples] for i in range(len(rollout.completions))],
+                rollout.completions,
+            )]  # fmt: skip
+            out[task.name] = torch.tensor(rewards).view(len(samples), d.probe_samples).mean(1)
+        return out
+
+
+def paired(after: torch.Tensor, before: torch.Tensor) -> tuple[float, float, float]:
+    """Mean paired difference and its 95% normal-approximation interval."""
+    diff = (after - before).double()
+    mean = float(diff.mean())
+    n = diff.numel()
+    half = 1.96 * float(diff.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.nan
+    return mean, mean - half, mean + half
+
+
+def probe_rewards(now: ProbeRewards) -> dict[str, float]:
+    return {M.probe_key(t): float(v.mean()) for t, v in now.items()}
+
+
+def probe_gains(now: ProbeRewards, last: ProbeRewards) -> dict[str, float]:
+    """Probe rewards, and the paired gain since ``last`` for tasks probed then too."""
+    out = {}
+    for task, values in now.items():
+        out[M.probe_key(task)] = float(values.mean())
+        if task in last:
+            mean, lo, hi = paired(values, last[task])
+            out[M.gain_key(task, "probe")] = mean
+            out[M.gain_key(task, "probe_ci_low")] = lo
+            out[M.gain_key(task, "probe_ci_high")] = hi
+    return out
+
+
+def one_step_gains(after: ProbeRewards, before: ProbeRewards) -> dict[str, float]:
+    out = {}
+    for task, values in after.items():
+        mean, lo, hi = paired(values, before[task])
+        out[M.gain_key(task, "one_step")] = mean
+        out[M.gain_key(task, "one_step_ci_low")] = lo
+        out[M.gain_key(task, "one_step_ci_high")] = hi
+    return out
+
+
+@torch.no_grad()
+def transfer_matrix(
+    prober: Prober,
+    groups: GroupGradients,
+    before: ProbeRewards,
+    params_before: list[torch.Tensor],
+    *,
+    task_weights: torch.Tensor | None,
+    precond: torch.Tensor,
+    lr: float,
+    clip_coef: float,
+    beta1: float,
+    adam_step: float,
+) -> dict[str, float]:
+    """T[j, k]: probe gain on task k from applying only task j's part of the step (see top).
+
+    ``params_before``: the in-scope parameters before the step; ``adam_step``: AdamW's step count
+    t after it; ``lr``: the step's own rate; ``precond`` [P]: AdamW's P after the step.
+    """
+    params_after = [p.detach().clone() for _, p in groups.params]
+    fresh = lr * (1 - beta1) / (1 - beta1**adam_step) * clip_coef
+    out = {}
+    for j, task_j in enumerate(prober.tasks):
+        w_j = float(task_weights[j]) if task_weights is not None else 1.0
+        g_j = w_j * (groups.buffer[2 * j] + groups.buffer[2 * j + 1])  # [P]  w_j G_j
+        delta = -fresh * precond * g_j
+        groups.assign(params_before, delta)
+        for task_k, values in prober().items():
+            out[M.transfer_key(task_j.name, task_k)] = float((values - before[task_k]).mean())
+    groups.assign(params_after)
+    return out
