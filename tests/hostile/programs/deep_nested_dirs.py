@@ -1,5 +1,5 @@
 # class: deep nested dirs
-# expect: thousands deep: nothing recursive in the trainer
+# expect: nesting stops at the inode limit; nothing recursive (or anything) in the trainer
 import os
 
 depth = 0
@@ -8,6 +8,8 @@ try:
         os.mkdir("d")
         os.chdir("d")
         depth += 1
+        if depth == 5000:
+            print("ESCAPED: nested", depth, "deep", flush=True)
 except OSError:
     pass
 

@@ -9,11 +9,11 @@ for i in range(100000):
             for _ in range(64):
                 fh.write(b"x" * 2**20)
                 written += 2**20
+                if written == 64 * 2**20:
+                    print("ESCAPED: wrote", written >> 20, "MiB", flush=True)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:  # EFBIG (RLIMIT_FSIZE): go on with the next file
             break
-if written > 64 * 2**20:
-    print("ESCAPED: wrote", written >> 20, "MiB", flush=True)
 
 
 def f(x):
