@@ -192,7 +192,8 @@ def test_concurrent_sandboxes_run_under_distinct_unprivileged_uids() -> None:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        assert all(r.ok for r in run_many(jobs, workers=3))
+        results = run_many(jobs, workers=3)
+        assert all(r.ok for r in results), [r.error for r in results]
     finally:
         done.set()
         watcher.join()

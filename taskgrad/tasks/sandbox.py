@@ -128,7 +128,7 @@ def run_python(
     the program does; raises RuntimeError (one line) if this machine cannot isolate it and
     ``TASKGRAD_UNSAFE_CODE_EXEC=1`` is not set, ValueError for bad arguments."""
     isolate = check_available() == "isolated"
-    return _run(
+    result = _run(
         program,
         inputs=inputs,
         entry=entry,
@@ -138,6 +138,11 @@ def run_python(
         preload=preload,
         isolate=isolate,
     )
+    if result.error.startswith("sandbox setup failed"):
+        # After a successful probe this is the machine, not the program (e.g. a namespace or
+        # process limit reached): say so, since the reward silently becomes 0.
+        isolation.log.warning("%s", result.error)
+    return result
 
 
 def run_many(
@@ -296,7 +301,11 @@ def _run(
         if not isolate:
             workdir = os.path.realpath(tempfile.mkdtemp(prefix="taskgrad-sandbox-"))
             if uid is not None:
-                os.chown(workdir, uid, uid)
+                try:
+                    os.chown(workdir, uid, uid)
+                except OSError:  # root of a user namespace that does not map the slot uids:
+                    isolation.UID_SLOTS.release(uid)  # unsafe mode runs as the trainer then
+                    uid = None
         job = _make_job(
             program, inputs, entry, timeout_s, memory_mb, max_output_bytes, preload, isolate, uid,
             workdir,
@@ -457,8 +466,11 @@ def _result(
         return _failed(
             f"no report (the sandbox died, launcher exit status {launcher_code})", **streams
         )
-    status, timed_out, overflow, size = (int(x) for x in fields[1:])
-    returncode = os.waitstatus_to_exitcode(status)
+    try:  # the supervisor wrote it; parsed defensively all the same
+        status, timed_out, overflow, size = (int(x) for x in fields[1:])
+        returncode = os.waitstatus_to_exitcode(status)
+    except ValueError:
+        return _failed("garbled report header", **streams)
     streams["returncode"] = returncode
     if timed_out:
         return _failed(f"timed out after {timeout_s:g} s", timed_out=True, **streams)

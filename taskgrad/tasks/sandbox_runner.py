@@ -352,7 +352,11 @@ def _drop_to_uid(libc: _Libc, uid: int) -> None:
         posix.setresgid(uid, uid, uid)
         posix.setresuid(uid, uid, uid)
     except OSError as exc:
-        raise SetupError(f"cannot switch to sandbox uid {uid}: {exc.strerror}") from None
+        raise SetupError(
+            f"cannot switch to sandbox uid {uid}: {exc.strerror} (root inside a user namespace "
+            "that does not map it? run the trainer as an ordinary user, or set "
+            "TASKGRAD_SANDBOX_UID_BASE to a range mapped there)"
+        ) from None
     # A uid change makes the process non-dumpable, which makes /proc/self/* root's: we could no
     # longer write our own uid_map. The supervisor turns this off again before the program runs.
     libc.prctl(PR_SET_DUMPABLE, 1, "prctl(PR_SET_DUMPABLE)")
