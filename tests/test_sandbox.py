@@ -23,16 +23,17 @@ from taskgrad.tasks.sandbox_asserts import AssertFormError, check_assert, compil
 GOOD = "def f(x):\n    return x * 3 + 1\n"
 
 
-def isolated() -> bool:
+def _isolation_problem() -> str:
+    """Why programs cannot run isolated here (empty: they can)."""
     try:
-        return sandbox.check_available() == "isolated"
-    except RuntimeError:
-        return False
+        mode = sandbox.check_available()
+    except RuntimeError as exc:
+        return str(exc)
+    return "" if mode == "isolated" else f"{isolation.UNSAFE_ENV}=1: running without isolation"
 
 
-needs_sandbox = pytest.mark.skipif(
-    not isolated(), reason="kernel isolation unavailable here (see sandbox.check_available)"
-)
+_PROBLEM = _isolation_problem()
+needs_sandbox = pytest.mark.skipif(bool(_PROBLEM), reason=_PROBLEM or "isolated")
 
 
 @pytest.fixture
@@ -109,6 +110,33 @@ def test_run_many_dedupes_and_keeps_order(monkeypatch: pytest.MonkeyPatch) -> No
     assert len(calls) == 8
     assert [r.result["outputs"][0][1] for r in results] == [1 + i % 8 for i in range(32)]
     assert elapsed < 3.0
+
+
+@needs_sandbox
+@pytest.mark.parametrize(
+    "program",
+    [
+        "while True:\n    pass\n",
+        "import time\ntime.sleep(60)\n",
+        "def f(x):\n    while True: pass\n",
+    ],
+    ids=["cpu-loop", "sleep", "loop-in-call"],
+)
+def test_the_deadline_is_kept(program: str) -> None:
+    start = time.monotonic()
+    result = run_python(program, inputs=[[1]], timeout_s=0.5)
+    assert result.timed_out and not result.ok and result.result is None
+    assert time.monotonic() - start < 2.5
+
+
+@needs_sandbox
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_output_floods_are_cut(stream: str) -> None:
+    program = f"import sys\nwhile True:\n    sys.{stream}.write('x' * 10000)\n"
+    start = time.monotonic()
+    result = run_python(program, timeout_s=2.0, max_output_bytes=1000)
+    assert not result.ok and len(getattr(result, stream)) == 1000
+    assert time.monotonic() - start < 3.0
 
 
 # -- the isolation, seen from inside and from the trainer --------------------------------------
