@@ -31,19 +31,21 @@ ever runs untrusted code:
     the namespace; the trainer kills the whole process group as a backstop.
 
 ``worker`` (PID 2, becomes untrusted)
-    Closes every descriptor but stdin (empty), stdout, stderr and its pipe to the supervisor;
-    sets rlimits (CPU, address space, file size, open files, no processes or threads, no core,
-    no locked memory, no message queues); drops every capability (effective, permitted,
-    inheritable, ambient and bounding sets, ``SECBIT_NOROOT`` locked) and sets
-    ``NO_NEW_PRIVS``; then runs the program, calls ``entry`` on each input and writes each
-    outcome as a line holding a Python literal of plain types, right after the call returns.
+    Closes every descriptor but stdin (empty), stdout, stderr and its pipe to the supervisor
+    (fd 3); starts its own session (``kill(0)`` reaches only itself); sets rlimits (CPU, address
+    space, file size, open files, no processes or threads, no core, no locked memory, no
+    message queues); drops every capability (effective, permitted, inheritable, ambient and
+    bounding sets, ``SECBIT_NOROOT`` locked), sets ``NO_NEW_PRIVS`` and installs a seccomp
+    filter (a second layer, see ``_seccomp_program``); then runs the program, calls ``entry``
+    on each input and writes each outcome as a line holding a Python literal of plain types,
+    right after the call returns.
 
 Threat model: the program is hostile and, through ``ctypes`` or any other loaded module, may
-make any system call. The boundary is the kernel's (namespaces, uids, capabilities, rlimits),
-not Python: nothing here relies on the program leaving Python objects alone. The program does
-control what it reports about itself (its outputs), by design: the expected outputs never
-enter the sandbox, and the trainer alone compares (see ``sandbox.py``). Forged or garbled lines
-therefore cannot earn more than computing the values would.
+make any system call. The boundary is the kernel's (namespaces, uids, capabilities, rlimits,
+seccomp), not Python: nothing here relies on the program leaving Python objects alone. The
+program does control what it reports about itself (its outputs), by design: the expected
+outputs never enter the sandbox, and the trainer alone compares (see ``sandbox.py``). Forged or
+garbled lines therefore cannot earn more than computing the values would.
 
 ``job["isolate"]`` is False only under the explicit ``TASKGRAD_UNSAFE_CODE_EXEC=1`` opt-in on a
 machine without user namespaces: steps 3-5 are skipped (the program then runs in a temporary
