@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import marshal
 import math
 import os
 import select
@@ -354,8 +355,6 @@ def _make_job(
 
 
 def _spawn(job: dict, n_calls: int, timeout_s: float, max_output_bytes: int) -> SandboxResult:
-    import marshal
-
     fds: list[int] = []
     proc = None
     try:
