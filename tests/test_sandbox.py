@@ -1,62 +1,49 @@
-"""The code sandbox against hostile programs: each is contained, and a normal run works after.
+"""The code sandbox: its API and semantics, the isolation it builds (seen from inside and from
+the trainer), its refusal where the kernel cannot isolate, and the trainer-side asserts.
 
-Escape attempts run twice: with the kernel layers (namespaces, chroot, nobody) and with only
-the audit hook (``_USE_NAMESPACES = False``: what a machine without namespaces gets).
-"""
+Attacks live in tests/hostile/ (programs as data, run as root and unprivileged)."""
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
-import socket
+import tempfile
 import threading
 import time
-import uuid
-from pathlib import Path
 
 import pytest
 
-from taskgrad.tasks import sandbox
-from taskgrad.tasks.sandbox import (
-    SandboxJob,
-    outputs_match,
-    run_many,
-    run_python,
-    same_value,
-)
+from taskgrad.tasks import isolation, sandbox
+from taskgrad.tasks.base import Sample
+from taskgrad.tasks.code import Code, score_programs
+from taskgrad.tasks.dataset import parse_tests
+from taskgrad.tasks.sandbox import SandboxJob, outputs_match, run_many, run_python, same_value
+from taskgrad.tasks.sandbox_asserts import AssertFormError, check_assert, compile_assert
 
 GOOD = "def f(x):\n    return x * 3 + 1\n"
 
 
-def assert_still_works() -> None:
-    result = run_python(GOOD, inputs=[[2], [-1]])
-    assert result.ok, result
-    assert outputs_match(result, [7, -2]) == [True, True]
+def _isolation_problem() -> str:
+    """Why programs cannot run isolated here (empty: they can)."""
+    try:
+        mode = sandbox.check_available()
+    except RuntimeError as exc:
+        return str(exc)
+    return "" if mode == "isolated" else f"{isolation.UNSAFE_ENV}=1: running without isolation"
 
 
-@pytest.fixture(params=[True, False], ids=["namespaces", "hook-only"])
-def isolation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    monkeypatch.setattr(sandbox, "_USE_NAMESPACES", request.param)
-    return request.param
+_PROBLEM = _isolation_problem()
+needs_sandbox = pytest.mark.skipif(bool(_PROBLEM), reason=_PROBLEM or "isolated")
 
 
-def nobody_processes() -> list[int]:
-    """Pids of processes owned by uid 65534 (what the sandbox runs as under root)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as fh:
-                uid_line = next(line for line in fh if line.startswith("Uid:"))
-        except (OSError, StopIteration):
-            continue
-        if uid_line.split()[1] == "65534":
-            pids.append(int(entry))
-    return pids
+@pytest.fixture
+def fresh_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget the process-wide decision (isolated / unsafe / refused) for this test only."""
+    monkeypatch.setattr(sandbox._MODE, "mode", "")
 
 
 # -- normal operation ---------------------------------------------------------------------------
+@needs_sandbox
 def test_runs_program_and_returns_plain_outputs() -> None:
     program = "def f(x, y=1):\n    return [x, (x, 'a'), {'k': x / 2}, None, x > 0]\n"
     result = run_python(program, inputs=[[4], [-2, 5]])
@@ -69,17 +56,15 @@ def test_runs_program_and_returns_plain_outputs() -> None:
     ]
 
 
-def test_errors_are_per_call_and_asserts_are_checked() -> None:
-    program = "def f(x):\n    return 10 // x\n"
-    result = run_python(
-        program, inputs=[[2], [0]], asserts=["assert f(5) == 2", "assert f(5) == 3"]
-    )
+@needs_sandbox
+def test_errors_are_per_call() -> None:
+    result = run_python("def f(x):\n    return 10 // x\n", inputs=[[2], [0]])
     assert result.ok
     assert result.result["outputs"] == [(True, 5), (False, "ZeroDivisionError")]
-    assert result.result["checks"] == [(True, ""), (False, "AssertionError")]
     assert outputs_match(result, [5, 0]) == [True, False]
 
 
+@needs_sandbox
 def test_program_errors_are_reported_not_raised() -> None:
     for program, error in [
         ("def f(x) return", "SyntaxError"),
@@ -90,12 +75,15 @@ def test_program_errors_are_reported_not_raised() -> None:
     assert not run_python("x" * 200_000).ok  # refused without starting a process
 
 
+@needs_sandbox
 def test_only_preloaded_modules_import() -> None:
     assert run_python("import math\ndef f(x):\n    return math.isqrt(x)", inputs=[[17]]).ok
-    blocked = run_python("import json")
-    assert not blocked.ok and "PermissionError" in blocked.error
-    allowed = run_python("import json", preload=("json",))
-    assert allowed.ok
+    for name in ("json", "ctypes", "resource", "select"):  # the last three: the runner's own
+        blocked = run_python(f"import {name}")
+        assert not blocked.ok and "ModuleNotFoundError" in blocked.error, name
+    assert run_python("import json", preload=("json",)).ok
+    with pytest.raises(ValueError, match="preload"):
+        run_python("pass", preload=("os; import x",))
 
 
 def test_same_value_is_strict_about_types() -> None:
@@ -104,289 +92,7 @@ def test_same_value_is_strict_about_types() -> None:
     assert not same_value("1", 1) and not same_value([1], (1,)) and not same_value(None, 0)
 
 
-# -- hostile programs ---------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "program",
-    [
-        "while True:\n    pass\n",
-        "import time\ntime.sleep(60)\n",
-        "def f(x):\n    while True: pass\n",
-    ],
-    ids=["cpu-loop", "sleep", "loop-in-call"],
-)
-def test_timeout_kills_the_program(program: str) -> None:
-    start = time.monotonic()
-    result = run_python(program, inputs=[[1]], timeout_s=0.5)
-    assert time.monotonic() - start < 3.0
-    assert result.timed_out and not result.ok and result.result is None
-    assert_still_works()
-
-
-@pytest.mark.parametrize(
-    "program",
-    [
-        "import os\nwhile True:\n    os.fork()\n",
-        "import posix\nwhile True:\n    posix.fork()\n",
-        "import _thread\nwhile True:\n    _thread.start_new_thread(lambda: None, ())\n",
-        "import posix\nposix.system('sleep 30 &')\n",
-    ],
-    ids=["os.fork", "posix.fork", "threads", "system"],
-)
-def test_fork_bomb_is_contained(program: str) -> None:
-    result = run_python(program, inputs=[[1]], timeout_s=1.0)
-    assert not result.ok
-    if os.geteuid() == 0:
-        assert nobody_processes() == []  # nothing it started survives it
-    assert_still_works()
-
-
-@pytest.mark.parametrize(
-    "program",
-    ["x = bytearray(2**33)\n", "xs = []\nwhile True:\n    xs.append(' ' * 10**7)\n"],
-    ids=["one-block", "growing"],
-)
-def test_memory_hog_is_contained(program: str) -> None:
-    start = time.monotonic()
-    result = run_python(program, memory_mb=128, timeout_s=2.0)
-    assert not result.ok and time.monotonic() - start < 5.0
-    assert_still_works()
-
-
-def test_writing_outside_its_directory_fails(isolation: bool) -> None:
-    target = f"/tmp/escape_{uuid.uuid4().hex}"
-    attempts = [
-        f"open({target!r}, 'w').write('x')",
-        f"open('../../../../../..{target}', 'w').write('x')",
-        f"import posix\nposix.mkdir({target!r})",
-        f"import posix\nopen({target!r}, 'w', opener=lambda p, fl: posix.open(p, fl)).write('x')",
-        f"import posix\nfd = posix.open({target!r}, posix.O_WRONLY | posix.O_CREAT)",
-        f"import posix\nposix.symlink({target!r}, 'link')\nopen('link', 'w').write('x')",
-        f"open('mine', 'w').write('x')\nimport posix\nposix.rename('mine', {target!r})",
-        "import posix\nposix.chdir('/tmp')\nopen('escape_chdir', 'w')",
-    ]
-    try:
-        for program in attempts:
-            result = run_python(program, timeout_s=2.0)
-            assert not result.ok, program
-            assert not os.path.exists(target), program
-        assert not os.path.exists("/tmp/escape_chdir")
-    finally:
-        for path in (target, "/tmp/escape_chdir"):
-            if os.path.isdir(path):
-                os.rmdir(path)
-            elif os.path.exists(path):
-                os.remove(path)
-    assert_still_works()
-
-
-def test_writing_inside_its_directory_works_and_is_removed(isolation: bool) -> None:
-    program = "open('notes.txt', 'w').write('hi')\ndef f(x):\n    return open('notes.txt').read()\n"
-    result = run_python(program, inputs=[[0]])
-    assert outputs_match(result, ["hi"]) == [True]
-
-
-def test_reading_parent_files_fails(isolation: bool, tmp_path) -> None:
-    secret = tmp_path / "secret.txt"
-    secret.write_text("s3cr3t")
-    secret.chmod(0o644)
-    program = f"def f(x):\n    return open({str(secret)!r}).read()\n"
-    result = run_python(program, inputs=[[0]])
-    assert "s3cr3t" not in repr(result)
-
-
-def test_no_network(isolation: bool) -> None:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(0.2)
-    port = server.getsockname()[1]
-    accepted: list[object] = []
-
-    def accept() -> None:
-        with contextlib.suppress(OSError):  # the timeout: nobody connected
-            accepted.append(server.accept())
-
-    thread = threading.Thread(target=accept)
-    thread.start()
-    try:
-        program = (
-            "import socket\n"
-            "s = socket.socket()\n"
-            "s.settimeout(1)\n"
-            f"s.connect(('127.0.0.1', {port}))\n"
-            "s.sendall(b'hello')\n"
-        )
-        # preload lets the import through, so the connect itself is what must fail
-        result = run_python(program, preload=("socket",), timeout_s=2.0)
-        assert not result.ok
-        assert not run_python("import socket").ok  # and without preload, not even the import
-        thread.join()
-        assert accepted == []
-    finally:
-        server.close()
-    assert_still_works()
-
-
-def _can_unshare_network() -> bool:
-    """Whether this process may create a network namespace (root with CAP_SYS_ADMIN)."""
-    if os.geteuid() != 0:
-        return False
-    pid = os.fork()
-    if pid == 0:
-        import ctypes
-
-        os._exit(ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0)
-    return os.waitpid(pid, 0)[1] == 0
-
-
-@pytest.mark.skipif(not _can_unshare_network(), reason="needs root allowed to unshare")
-def test_network_namespace_alone_blocks_network(tmp_path, monkeypatch) -> None:
-    """The kernel layer on its own: a runner whose audit hook lets sockets through."""
-    runner = tmp_path / "runner.py"
-    source = Path(sandbox.RUNNER).read_text()
-    assert '    "socket.",\n' in source
-    runner.write_text(source.replace('    "socket.",\n', ""))
-    monkeypatch.setattr(sandbox, "RUNNER", str(runner))
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    try:
-        program = (
-            "import socket\n"
-            "def f():\n"
-            "    s = socket.socket()\n"
-            "    s.settimeout(1)\n"
-            "    try:\n"
-            f"        s.connect(('127.0.0.1', {server.getsockname()[1]}))\n"
-            "    except OSError as exc:\n"
-            "        return exc.errno\n"
-            "    return 'connected'\n"
-        )
-        result = run_python(program, inputs=[[]], preload=("socket",))
-        assert result.ok and result.result["outputs"][0][0]
-        assert result.result["outputs"][0][1] != "connected"  # ENETUNREACH: no interface is up
-    finally:
-        server.close()
-
-
-def test_environment_is_not_visible(isolation: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TASKGRAD_TEST_SECRET", "s3cr3t-value")
-    program = (
-        "import posix\n"
-        "def f(x):\n"
-        "    out = repr(posix.environ)\n"
-        "    for path in ('/proc/self/environ', '/proc/%d/environ' % posix.getppid()):\n"
-        "        try:\n"
-        "            out += repr(open(path, 'rb').read())\n"
-        "        except BaseException as exc:\n"
-        "            out += type(exc).__name__\n"
-        "    print(out)\n"
-        "    return out\n"
-    )
-    result = run_python(program, inputs=[[0]])
-    assert result.ok
-    assert "s3cr3t-value" not in repr(result)
-
-
-@pytest.mark.parametrize("stream", ["stdout", "stderr"])
-def test_output_flood_is_truncated(stream: str) -> None:
-    program = f"import sys\nwhile True:\n    sys.{stream}.write('x' * 10000)\n"
-    start = time.monotonic()
-    result = run_python(program, timeout_s=2.0, max_output_bytes=1000)
-    assert time.monotonic() - start < 3.0
-    assert not result.ok
-    assert len(getattr(result, stream)) <= 1000
-    assert_still_works()
-
-
-@pytest.mark.parametrize(
-    "program",
-    [
-        "print('PASS')\nimport posix\nposix._exit(0)\n",
-        "def f(x):\n    print('all tests passed')\n    import posix\n    posix._exit(0)\n",
-        "raise SystemExit(0)\n",
-        "open('result.txt', 'w').write(\"{'error': '', 'outputs': [(True, 7)], 'checks': []}\")\n"
-        "import posix\nposix._exit(0)\n",
-    ],
-    ids=["print-exit", "exit-in-call", "sys-exit", "forged-result"],
-)
-def test_exiting_early_or_printing_a_pass_earns_nothing(program: str) -> None:
-    result = run_python(program, inputs=[[2]])
-    assert not result.ok and result.result is None
-    assert outputs_match(result, [7]) == [False]
-
-
-@pytest.mark.parametrize(
-    "program",
-    [
-        "class E:\n    def __eq__(self, other):\n        return True\ndef f(x):\n    return E()\n",
-        "class I(int):\n    def __eq__(self, other):\n        return True\n"
-        "def f(x):\n    return I(0)\n",
-        "class L(list):\n    def __eq__(self, other):\n        return True\n"
-        "def f(x):\n    return L()\n",
-        "class S(str):\n    def __eq__(self, other):\n        return True\n"
-        "def f(x):\n    return S('no')\n",
-    ],
-    ids=["object", "int-subclass", "list-subclass", "str-subclass"],
-)
-def test_objects_with_lying_eq_do_not_pass(program: str) -> None:
-    result = run_python(program, inputs=[[2]])
-    assert outputs_match(result, [7]) == [False]
-
-
-def test_tampering_with_the_runner_does_not_pass() -> None:
-    program = (
-        "import builtins, sys\n"
-        "builtins.type = lambda x: int\n"
-        "main = sys.modules['__main__']\n"
-        "main._make_plain = lambda: (lambda v: (True, 7))\n"
-        "def f(x):\n    return object()\n"
-    )
-    result = run_python(program, inputs=[[2]])
-    assert outputs_match(result, [7]) == [False]
-
-
-def test_introspection_is_denied() -> None:
-    for program in [
-        "import sys\nsys._getframe(1)",
-        "try:\n    1/0\nexcept Exception as e:\n    e.__traceback__.tb_frame",
-        "import sys\nsys.settrace(lambda *a: None)",
-        "import gc",
-        "def g():\n    pass\ng.__code__ = (lambda: 1).__code__",
-    ]:
-        result = run_python(program)
-        assert not result.ok and "PermissionError" in result.error, program
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="privilege drop happens only as root")
-def test_runs_as_nobody() -> None:
-    result = run_python(
-        "import posix\ndef f():\n    return [posix.getuid(), posix.getgid()]", inputs=[[]]
-    )
-    assert outputs_match(result, [[65534, 65534]]) == [True]
-
-
-def test_garbled_result_files_are_rejected(tmp_path) -> None:
-    cases = {
-        "garbage": b"\x00\xffnot python",
-        "deep": b"[" * 100_000 + b"]" * 100_000,
-        "huge-int": b"{'error': '', 'outputs': [(True, " + b"9" * 5000 + b")], 'checks': []}",
-        "wrong-shape": b"{'error': '', 'outputs': 7, 'checks': []}",
-        "set": b"{'error': '', 'outputs': [(True, {1})], 'checks': []}",
-        "too-large": b" " * (sandbox.MAX_RESULT_BYTES + 10),
-    }
-    for name, content in cases.items():
-        path = tmp_path / name
-        path.write_bytes(content)
-        assert sandbox._read_result(str(path))[0] is None, name
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    assert sandbox._read_result(str(fifo))[0] is None  # returns at once, no blocking read
-    link = tmp_path / "link"
-    link.symlink_to(tmp_path / "garbage")
-    assert sandbox._read_result(str(link))[0] is None
-
-
+@needs_sandbox
 def test_run_many_dedupes_and_keeps_order(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     real = sandbox.run_python
@@ -404,3 +110,336 @@ def test_run_many_dedupes_and_keeps_order(monkeypatch: pytest.MonkeyPatch) -> No
     assert len(calls) == 8
     assert [r.result["outputs"][0][1] for r in results] == [1 + i % 8 for i in range(32)]
     assert elapsed < 3.0
+
+
+@needs_sandbox
+@pytest.mark.parametrize(
+    "program",
+    [
+        "while True:\n    pass\n",
+        "import time\ntime.sleep(60)\n",
+        "def f(x):\n    while True: pass\n",
+    ],
+    ids=["cpu-loop", "sleep", "loop-in-call"],
+)
+def test_the_deadline_is_kept(program: str) -> None:
+    start = time.monotonic()
+    result = run_python(program, inputs=[[1]], timeout_s=0.5)
+    assert result.timed_out and not result.ok and result.result is None
+    assert time.monotonic() - start < 2.5
+
+
+@needs_sandbox
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_output_floods_are_cut(stream: str) -> None:
+    program = f"import sys\nwhile True:\n    sys.{stream}.write('x' * 10000)\n"
+    start = time.monotonic()
+    result = run_python(program, timeout_s=2.0, max_output_bytes=1000)
+    assert not result.ok and len(getattr(result, stream)) == 1000
+    assert time.monotonic() - start < 3.0
+
+
+# -- the isolation, seen from inside and from the trainer --------------------------------------
+INSIDE = """
+import ctypes, os, socket
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+def f():
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    caps = (ctypes.c_uint32 * 6)()
+    libc.capget(header, caps)
+    try:
+        socket.socket().connect(("127.0.0.1", 9))
+        network = "connected"
+    except OSError as exc:
+        network = exc.errno
+    return {
+        "pid": os.getpid(), "ppid": os.getppid(), "uid": os.getuid(), "root": os.listdir("/"),
+        "proc": os.path.exists("/proc"), "caps": list(caps),
+        "no_new_privs": libc.prctl(39, 0, 0, 0, 0), "seccomp": libc.prctl(21, 0, 0, 0, 0),
+        "network": network, "env": dict(os.environ),
+    }
+"""
+
+
+@needs_sandbox
+def test_the_program_sees_an_empty_confined_world() -> None:
+    result = run_python(INSIDE, inputs=[[]], preload=("ctypes", "os", "socket"))
+    assert result.ok, result
+    seen = result.result["outputs"][0][1]
+    assert seen["pid"] == 2 and seen["ppid"] == 1  # PID namespace: supervisor is init
+    assert seen["uid"] == 0  # root of its own user namespace, with no capability at all:
+    assert seen["caps"] == [0] * 6 and seen["no_new_privs"] == 1 and seen["seccomp"] == 2
+    assert seen["root"] == [] and not seen["proc"]  # an empty tmpfs root, no /proc
+    assert seen["network"] != "connected"  # no interface is up in its network namespace
+    assert set(seen["env"]) <= {"LC_CTYPE"}  # Python's own locale coercion, nothing inherited
+
+
+@needs_sandbox
+def test_its_disk_is_small_and_vanishes() -> None:
+    program = (
+        "import os\n"
+        "def f(name):\n"
+        "    n = 0\n"
+        "    try:\n"
+        "        while n < 100000:\n"
+        "            os.mkdir(name + str(n)); n += 1\n"
+        "    except OSError as exc:\n"
+        "        return [n, exc.errno]\n"
+    )
+    before = set(os.listdir(tempfile.gettempdir()))
+    result = run_python(program, inputs=[["d"]], preload=("os",))
+    assert result.result["outputs"][0][1] == [sandbox.DISK_INODES - 1, 28]  # ENOSPC: inodes
+    files = "def f(x):\n    open('a', 'w').write('x' * 10**6)\n    return open('a').read(3)\n"
+    assert outputs_match(run_python(files, inputs=[[0]]), ["xxx"]) == [True]
+    assert set(os.listdir(tempfile.gettempdir())) == before  # nothing on the host to clean up
+
+
+@needs_sandbox
+@pytest.mark.skipif(os.geteuid() != 0, reason="uid slots are for a root trainer")
+def test_concurrent_sandboxes_run_under_distinct_unprivileged_uids() -> None:
+    program = "import time\ndef f(x):\n    time.sleep(0.6)\n    return x\n"
+    jobs = [SandboxJob(program + f"# {i}\n", inputs=((i,),)) for i in range(3)]
+    uids: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        if b"sandbox_runner.py" not in fh.read():
+                            continue
+                    with open(f"/proc/{pid}/status") as fh:
+                        uids.add(int(next(x for x in fh if x.startswith("Uid:")).split()[1]))
+                except (OSError, StopIteration):
+                    continue
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        results = run_many(jobs, workers=3)
+        assert all(r.ok for r in results), [r.error for r in results]
+    finally:
+        done.set()
+        watcher.join()
+    base = isolation.uid_base()
+    slots = uids - {0}  # 0: a launcher seen before it dropped to its slot (no program code yet)
+    assert len(slots) == 3, uids
+    assert all(base <= uid < base + 64 * 4096 for uid in slots), uids
+
+
+@needs_sandbox
+def test_trainer_deadline_backs_up_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should the supervisor not end the run (here: its deadline is 30 s), the trainer's own
+    deadline kills the whole process group, and with it the namespace."""
+    monkeypatch.setattr(sandbox, "STARTUP_SLACK_S", 0.5)
+    uid = isolation.UID_SLOTS.acquire() if os.geteuid() == 0 else None
+    try:
+        job = sandbox._make_job(
+            "import time\ntime.sleep(60)\n", [], "f", 30.0, 256, 1000, (), True, uid, None
+        )
+        start = time.monotonic()
+        result = sandbox._spawn(job, 0, 0.5, 1000)
+    finally:
+        if uid is not None:
+            isolation.UID_SLOTS.release(uid)
+    assert result.timed_out and not result.ok and time.monotonic() - start < 3
+
+
+# -- refusal and the explicit opt-in ---------------------------------------------------------
+def test_refuses_without_kernel_isolation(
+    fresh_mode: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(isolation.UNSAFE_ENV, raising=False)
+    monkeypatch.setattr(sandbox, "_isolation_probe", lambda: "unshare(CLONE_NEWUSER): denied")
+    with pytest.raises(RuntimeError) as info:
+        run_python(GOOD, inputs=[[1]])
+    message = str(info.value)
+    assert "\n" not in message
+    assert "unshare(CLONE_NEWUSER): denied" in message and f"{isolation.UNSAFE_ENV}=1" in message
+    sample = Sample("code", "p", "x*3+1", {"entry": "f", "inputs": [[1]], "outputs": [4]})
+    with pytest.raises(RuntimeError, match="code sandbox unavailable"):
+        Code().rewards([sample], ["x*3+1"])
+
+
+def test_bad_opt_in_value_is_one_clear_line(
+    fresh_mode: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(isolation.UNSAFE_ENV, "yes")
+    with pytest.raises(ValueError, match=r"TASKGRAD_UNSAFE_CODE_EXEC must be 1 .* not 'yes'"):
+        run_python(GOOD, inputs=[[1]])
+
+
+def test_unsafe_opt_in_runs_loudly_and_cleans_up(
+    fresh_mode: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(isolation.UNSAFE_ENV, "1")
+    monkeypatch.setattr(sandbox, "_isolation_probe", lambda: "simulated: no user namespaces")
+    with caplog.at_level(logging.WARNING, logger="taskgrad.sandbox"):
+        assert sandbox.check_available() == "unsafe"
+    assert "WITHOUT kernel isolation" in caplog.text and "simulated" in caplog.text
+    result = run_python(GOOD, inputs=[[2]])
+    assert outputs_match(result, [7]) == [True]
+    # The cleanup that used to raise (RecursionError, TypeError) or take seconds: deep nesting
+    # and unreadable directories in the program's temporary directory.
+    mangler = (
+        "import os\n"
+        "top = os.getcwd()\n"
+        "for i in range(1100):\n"
+        "    os.mkdir('d'); os.chdir('d')\n"
+        "os.chdir(top)\n"
+        "os.makedirs('x/y'); os.chmod('x/y', 0); os.chmod('x', 0)\n"
+        "def f(x):\n    return os.getcwd()\n"
+    )
+    start = time.monotonic()
+    result = run_python(mangler, inputs=[[0]], preload=("os",))
+    assert result.ok, result
+    workdir = result.result["outputs"][0][1]
+    assert not os.path.exists(workdir) and time.monotonic() - start < 5
+
+
+def test_remove_tree_never_raises_and_is_bounded(tmp_path) -> None:
+    top = tmp_path / "t"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY)
+    for _ in range(2500):  # deeper than PATH_MAX can name, and than Python may recurse
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
+    (top / "locked" / "inner").mkdir(parents=True)
+    (top / "locked").chmod(0)
+    (top / "link").symlink_to(tmp_path)  # never followed: tmp_path itself must survive
+    start = time.monotonic()
+    sandbox._remove_tree(str(top), time.monotonic() + 20)
+    assert not top.exists() and tmp_path.exists() and time.monotonic() - start < 20
+    sandbox._remove_tree(str(tmp_path / "missing"), time.monotonic() + 1)  # no error either
+
+
+# -- outcomes, as reported and as parsed ------------------------------------------------------
+@needs_sandbox
+@pytest.mark.parametrize(
+    "program",
+    [
+        "print('PASS')\nimport posix\nposix._exit(0)\n",
+        "def f(x):\n    print('all tests passed')\n    import posix\n    posix._exit(0)\n",
+        "raise SystemExit(0)\n",
+        "import posix\nposix.write(3, b\"''\\n(True, 7)\\n\")\ndef f(x):\n    return 0\n",
+    ],
+    ids=["print-exit", "exit-in-call", "sys-exit", "forged-line"],
+)
+def test_exiting_early_or_printing_a_pass_earns_nothing(program: str) -> None:
+    result = run_python(program, inputs=[[2]])
+    assert outputs_match(result, [7]) == [False]
+
+
+@needs_sandbox
+@pytest.mark.parametrize(
+    "program",
+    [
+        "class E:\n    def __eq__(self, other):\n        return True\ndef f(x):\n    return E()\n",
+        "class I(int):\n    def __eq__(self, other):\n        return True\n"
+        "def f(x):\n    return I(0)\n",
+        "class S(str):\n    def __eq__(self, other):\n        return True\n"
+        "def f(x):\n    return S('no')\n",
+    ],
+    ids=["object", "int-subclass", "str-subclass"],
+)
+def test_objects_with_lying_eq_do_not_pass(program: str) -> None:
+    assert outputs_match(run_python(program, inputs=[[2]]), [7]) == [False]
+
+
+def test_reports_are_parsed_as_untrusted_data() -> None:
+    def parse(data: bytes, n_calls: int = 1, header: bytes | None = None) -> sandbox.SandboxResult:
+        header = header or b"R 0 0 0 %d\n" % len(data)
+        return sandbox._result(header + data, True, n_calls, 1.0, "", "", 0)
+
+    assert parse(b"''\n(True, 7)\n").ok
+    for name, data in {
+        "garbage": b"\x00\xffnot python\n",
+        "deep": b"''\n" + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+        "huge-int": b"''\n(True, " + b"9" * 5000 + b")\n",
+        "wrong-shape": b"''\n7\n",
+        "set": b"''\n(True, {1})\n",
+        "call": b"''\n(True, __import__('os'))\n",
+        "extra-line": b"''\n(True, 7)\n(True, 8)\n",
+        "cut-line": b"''\n(True, 7)",
+        "no-lines": b"",
+    }.items():
+        assert not parse(data).ok, name
+    assert not parse(b"''\n(True, 7)\n", header=b"R 0 0 1 12\n").ok  # overflow flagged
+    assert parse(b"", header=b"R 0 1 0 0\n").timed_out
+    assert "setup failed: no userns" in parse(b"", header=b"E no userns\n").error
+
+
+# -- checks in the trainer: assert-style tests -------------------------------------------------
+@pytest.mark.parametrize(
+    ("source", "outcomes", "holds"),
+    [
+        ("assert f(3) > 8", [(True, 9)], True),
+        ("assert f(3) > 8", [(True, 8)], False),
+        ("assert abs(f(2.0) - 1.414) < 1e-3", [(True, 1.4142)], True),
+        ("assert math.isclose(f(2), 4.0, rel_tol=1e-6)", [(True, 4)], True),
+        ("assert set(f([1, 2, 2])) == {1, 2}", [(True, [2, 1])], True),
+        ("assert sorted(f([3, 1])) == [1, 3]", [(True, [3, 1])], True),
+        ("assert f(1) == (1, 2)", [(True, [1, 2])], True),
+        ("assert f(1)[0] == 'a' and len(f(2)) == 2", [(True, "ab"), (True, [0, 0])], True),
+        ("assert f(1) is None", [(True, None)], True),
+        ("assert not f(0)", [(True, 0)], True),
+        ("assert f(1) == True", [(True, 1)], False),  # bools match only bools
+        ("assert f(1) > 0", [(False, "ZeroDivisionError")], False),  # the call raised
+        ("assert f(1) * 'x' == 'xx'", [(True, 2)], False),  # no sequence repetition
+        ("assert f(1) / f(2) == 1", [(True, 1), (True, 0)], False),  # ZeroDivisionError: fails
+        ("assert 2 in f(1)", [(True, [1, 2.0])], True),
+    ],
+)
+def test_asserts_are_evaluated_in_the_trainer(source: str, outcomes: list, holds: bool) -> None:
+    compiled = compile_assert(source, "f")
+    assert len(compiled.calls) == len(outcomes)
+    assert check_assert(compiled, outcomes) is holds
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("assert f(x) == 2", "literal arguments"),
+        ("assert all(f(i) > 0 for i in range(3))", "GeneratorExp"),
+        ("assert g(1) == 2", "'g', but the tested function is 'f'"),
+        ("assert f(1) == 2\nassert f(2) == 3", "one assert statement"),
+        ("assert f(1) ** 2 == 4", "BinOp"),
+        ("assert math.sqrt(f(4)) == 2", "only isclose"),
+        ("assert f(1) == 2 if True else 3", "IfExp"),
+        ("assert __import__('os').system('x')", "__import__"),
+    ],
+)
+def test_asserts_the_trainer_cannot_evaluate_are_rejected(source: str, reason: str) -> None:
+    with pytest.raises(AssertFormError, match=reason.replace("(", r"\(")):
+        compile_assert(source, "f")
+    with pytest.raises(ValueError, match=r"^data.jsonl:7: test 1\b") as info:
+        parse_tests(["assert f(0) == 1", source], "f", "data.jsonl:7")
+    assert "\n" not in str(info.value)
+
+
+@needs_sandbox
+def test_a_program_cannot_subvert_the_asserts_that_check_it() -> None:
+    """The assert runs in the trainer: rebinding builtins or the function's name inside the
+    sandbox changes nothing."""
+    meta = {
+        "entry": "f",
+        "inputs": [],
+        "outputs": [],
+        "asserts": ["assert f([3, 1, 2]) == sorted([2, 3, 1])"],
+    }
+    sample = Sample("code", "sort", "", meta)
+    cheats = [
+        "import builtins\nbuiltins.sorted = lambda *a, **k: [3, 1, 2]\ndef f(x):\n    return x\n",
+        "def f(x):\n    return x\nAssertionError = None\n",
+        "def f(x):\n    raise SystemExit(0)\n",
+    ]
+    good = "def f(x):\n    return sorted(x)\n"
+    rewards = score_programs([sample] * 4, [f"```\n{c}```" for c in [*cheats, good]])
+    assert [r.value for r in rewards] == [0.0, 0.0, 0.0, 1.0]

@@ -6,6 +6,8 @@ one worked example: ``f(x): mul 3 add 1; f(2)=7:`` -> ``x*3+1``. The completion 
 ``def f(x): return <completion>``; a completion that defines ``def f`` itself (an LLM's fenced
 code block) is used as is. The reward is 1.0 iff ``f`` returns the right value on every hidden
 input (never shown in the prompt), run in ``sandbox.run_python`` and compared here, outside it.
+Where the sandbox cannot isolate programs (see ``sandbox.check_available``), ``rewards``
+raises one line saying why, rather than score with weaker containment.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from taskgrad.schema import need
 from taskgrad.tasks.answers import extract_program
 from taskgrad.tasks.base import TASKS, Reward, Sample, Task
 from taskgrad.tasks.sandbox import DEFAULT_PRELOAD, SandboxJob, outputs_match, run_many
+from taskgrad.tasks.sandbox_asserts import check_assert, compile_assert
 
 # Operator precedences of the rendered Python, to parenthesise only where needed.
 _ADD, _MUL, _POW, _ATOM = 1, 2, 3, 4
@@ -112,35 +115,42 @@ def score_programs(
 ) -> list[Reward]:
     """Rewards for programs against the hidden tests in each sample's meta: ``entry`` (function
     name), ``inputs`` (argument lists), ``outputs`` (expected returns, compared here with
-    ``same_value``) and ``asserts`` (statements run in the sandbox after the program).
+    ``same_value``) and ``asserts`` (assert statements; their calls of ``entry`` run in the
+    sandbox, the rest is evaluated here by ``sandbox_asserts``, never inside the sandbox).
 
-    1.0 iff every call returns its expected output and every assert passes. Metrics:
-    ``format_ok`` (the program ran and defined what it should), ``tests_passed`` (fraction)."""
+    1.0 iff every call returns its expected output and every assert holds. Metrics:
+    ``format_ok`` (the program ran and each call returned or raised), ``tests_passed``
+    (fraction). Raises RuntimeError (one line) where the sandbox cannot isolate programs."""
     programs = [
         extract_program(c, entry=s.meta.get("entry", "f"))
         for s, c in zip(samples, completions, strict=True)
     ]
-    jobs = [
-        SandboxJob(
-            program,
-            inputs=tuple(tuple(args) for args in s.meta["inputs"]),
-            entry=s.meta.get("entry", "f"),
-            asserts=tuple(s.meta.get("asserts", ())),
-        )
-        for program, s in zip(programs, samples, strict=True)
-        if program is not None
-    ]
+    jobs, plans = [], []
+    for program, s in zip(programs, samples, strict=True):
+        if program is None:
+            continue
+        entry = s.meta.get("entry", "f")
+        # A malformed assert is a bad dataset (parse_tests rejects those at load): raise.
+        asserts = [compile_assert(source, entry) for source in s.meta.get("asserts", ())]
+        inputs = [tuple(args) for args in s.meta["inputs"]]
+        plans.append((len(inputs), asserts))
+        for compiled in asserts:
+            inputs += compiled.calls
+        jobs.append(SandboxJob(program, inputs=tuple(inputs), entry=entry))
     results = iter(run_many(jobs, workers=workers, timeout_s=timeout_s, preload=preload))
+    plan_of = iter(plans)
     rewards = []
     for program, sample in zip(programs, samples, strict=True):
         if program is None:
             rewards.append(Reward(0.0, {"format_ok": 0.0, "tests_passed": 0.0}))
             continue
         result = next(results)
-        n_asserts = len(sample.meta.get("asserts", ()))
-        checks = result.result["checks"] if result.ok and result.result else []
-        check_ok = [ok for ok, _ in checks] if len(checks) == n_asserts else [False] * n_asserts
-        passed = outputs_match(result, sample.meta["outputs"]) + check_ok
+        n_io, asserts = next(plan_of)
+        passed = outputs_match(result, sample.meta["outputs"])
+        outcomes = result.result["outputs"][n_io:] if result.ok and result.result else []
+        for compiled in asserts:
+            mine, outcomes = outcomes[: len(compiled.calls)], outcomes[len(compiled.calls) :]
+            passed.append(result.ok and check_assert(compiled, mine))
         ok = result.ok and bool(passed) and all(passed)
         rewards.append(
             Reward(

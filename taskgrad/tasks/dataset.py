@@ -18,8 +18,12 @@ Rewards (option ``reward``):
     outside the sandbox. ``input`` is always the list of positional arguments (one list
     argument is ``[[1, 2]]``);
   - ``"assert f(2) == 7"``: when of exactly this form (a call with literal arguments equal to a
-    literal) it becomes an input/output pair on that function; any other assert runs inside the
-    sandbox after the program, which a deliberately adversarial program could subvert.
+    literal) it becomes an input/output pair on that function. Other asserts are checked in the
+    trainer, never inside the sandbox: their calls of the function (literal arguments only) run
+    in the sandbox, and the rest of the assert is evaluated on the returned values by
+    ``sandbox_asserts`` (comparisons, arithmetic, ``abs``/``len``/``sorted``/``set``/
+    ``math.isclose``..., see there). An assert beyond that is rejected at load time with a
+    one-line error naming the file, row and test.
 
 The held-out set is ``eval_size`` distinct prompts (or ``eval_fraction`` of them), chosen by a
 seeded shuffle; training draws only rows whose prompt is not held out.
@@ -39,6 +43,7 @@ from taskgrad.tasks.answers import extract_answer, math_reward, numeric_reward
 from taskgrad.tasks.base import TASKS, Reward, Sample, Task, _stable_seed
 from taskgrad.tasks.code import score_programs
 from taskgrad.tasks.sandbox import STDLIB_PRELOAD, is_plain
+from taskgrad.tasks.sandbox_asserts import AssertFormError, compile_assert
 
 LOCAL_EXTENSIONS = (".jsonl", ".ndjson", ".json", ".parquet")
 
@@ -213,8 +218,15 @@ def parse_tests(raw: Any, entry_point: str, where: str) -> dict[str, Any]:
                 entry = call[0]
                 inputs.append(call[1])
                 outputs.append(call[2])
-            else:
-                asserts.append(item)
+                continue
+            try:
+                compiled = compile_assert(item, entry)
+            except AssertFormError as exc:
+                raise ValueError(f"{where}: test {i}: {exc}") from None
+            if compiled.function is None:
+                raise ValueError(f"{where}: test {i} does not call the tested function")
+            entry = compiled.function
+            asserts.append(item)
         else:
             raise ValueError(
                 f"{where}: test {i} must be an assert string or an input/output object"

@@ -1,30 +1,38 @@
-"""Run untrusted Python (model completions) in a throw-away, resource-limited subprocess.
+"""Run untrusted Python (model completions) behind a kernel isolation boundary.
 
 ``run_python(program, inputs=[[2], [5]])`` executes ``program`` in a fresh interpreter, calls its
-``f`` on each input and returns the outputs; ``outputs_match`` then compares them with expected
-outputs *here*, in the trusted parent, so nothing the program prints, exits with or writes can
-fake a pass. Nothing the program does raises in the caller, hangs it, or fills its memory.
+``f`` on each input and returns what the calls returned, as plain data; ``outputs_match`` then
+compares them with the expected outputs *here*, in the trainer. Nothing the program prints,
+exits with or writes can fake a pass, and nothing it does raises in the caller, hangs it, slows
+it beyond the timeout, or touches its files, processes or memory.
 
-Layers, each stopping the common accidents alone (trusted runner: ``sandbox_runner.py``):
+Threat model: the program is hostile and may make any system call (it may reach ``ctypes``).
+The boundary is therefore made of kernel mechanisms, built by the trusted ``sandbox_runner.py``
+before the program runs (details there and in docs/sandbox.md):
 
-* process: ``python -I -S -B`` (isolated mode, no site: ~15 ms to start), its own session so
-  the whole process group is SIGKILLed at the wall-clock timeout, empty environment, stdin
-  ``/dev/null``, cwd a fresh temporary directory removed afterwards;
-* kernel limits: CPU seconds, address space, file size (bounds stdout/stderr too, which go to
-  files of which only the first ``max_output_bytes`` are read back), open files, no new
-  processes or threads (``RLIMIT_NPROC`` 0), no core dumps;
-* namespaces (Linux): as root, a new network namespace (no interface is up, so no network),
-  ``chroot`` into the temporary directory and a drop to uid/gid 65534 (nobody); as another user,
-  network namespace and chroot through a user namespace where the kernel allows one. Best
-  effort: where refused, the audit hook below still applies;
-* an audit hook (``sys.addaudithook``) installed before the program runs: denies process
-  creation and signals, sockets, ctypes, imports of anything not preloaded, frame/code/gc
-  introspection, and file access outside the temporary directory. Audit hooks are not a
-  security boundary against a determined attacker, which is why the kernel layers come first.
+* its own user namespace (as root, first a distinct unprivileged uid per concurrent sandbox),
+  with nested user namespaces forbidden, no capabilities, ``NO_NEW_PRIVS``;
+* its own PID namespace (it cannot see, signal, trace, renice or re-limit the trainer or any
+  other sandbox; its supervisor is the namespace's init, immune to it), network namespace
+  (no interface up), IPC namespace (SysV IPC capped to zero) and UTS namespace;
+* its own mount namespace whose root is a private tmpfs limited in size and inodes: no host
+  file, no ``/proc``, no ``/dev``; the kernel frees it with the namespace, so there is no
+  directory for the trainer to clean up, however the program mangled it;
+* rlimits: CPU, address space, file size (also bounds stdout/stderr, which go to anonymous
+  memory files of which only the first ``max_output_bytes`` are read), open files, no new
+  processes or threads, no core dumps, no locked memory;
+* a wall clock: the supervisor kills the program at ``timeout_s``; the trainer kills the whole
+  process group (and with it the namespace) as a backstop.
 
-Outputs cross back only as a Python literal of plain types (``ast.literal_eval``, never
-``eval``), checked with exact ``type() is`` tests on both sides, so an object with a lying
-``__eq__`` cannot pass.
+Checks happen only here: the sandbox reports each call's return value (or error name) as a
+Python literal of plain types, parsed with ``ast.literal_eval`` (never ``eval``) and compared
+with exact ``type() is`` tests, so an object with a lying ``__eq__`` cannot pass; the expected
+outputs never enter the sandbox. Assert-style tests of datasets are evaluated here as well
+(``sandbox_asserts``), on the values the calls returned.
+
+Where the kernel refuses the isolation, code rewards raise one line saying why and how to allow
+it (``isolation.unavailable_message``); ``TASKGRAD_UNSAFE_CODE_EXEC=1`` is the explicit,
+logged opt-in to run trusted code without it.
 """
 
 from __future__ import annotations
@@ -35,25 +43,31 @@ import marshal
 import math
 import os
 import select
-import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from taskgrad.tasks import isolation, sandbox_runner
+
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_runner.py")
-NOBODY = 65534
-# Network namespace + chroot where the kernel allows them; tests switch this off to check that
-# the audit hook alone keeps a program inside its directory.
-_USE_NAMESPACES = True
 MAX_PROGRAM_CHARS = 100_000  # longer programs are rejected without starting a process
-MAX_RESULT_BYTES = 1_000_000
+MAX_RESULT_BYTES = sandbox_runner.MAX_RESULT_BYTES
+DISK_BYTES = 16 * 2**20  # the program's tmpfs: all its files together
+DISK_INODES = 1024  # files, directories, links... on that tmpfs, the root included
+# The supervisor enforces ``timeout_s`` from the moment the program starts; the trainer's own
+# deadline adds this much for the interpreter's start and the isolation (a loaded machine).
+STARTUP_SLACK_S = 3.0
+# The seccomp filter is a second layer (see sandbox_runner.py); tests switch it off to check
+# that the namespaces, uids and capabilities contain every hostile program on their own.
+_USE_SECCOMP = True
+CLEANUP_BUDGET_S = 5.0  # unsafe mode only: the longest we spend removing a temporary directory
 DEFAULT_PRELOAD = ("math",)
 # Modules short solutions commonly import; each costs startup time in every sandbox.
 STDLIB_PRELOAD = (
@@ -74,9 +88,10 @@ STDLIB_PRELOAD = (
 class SandboxResult:
     """What one sandboxed run did.
 
-    ``ok``: the program ran to the end of its calls and checks (whatever their outcome) and the
-    runner reported back. ``result`` (None unless ok): ``{"outputs": [(ok, value_or_error_name),
-    ...] per input, "checks": [(ok, error_name), ...] per assert}``. ``error``: why not ok.
+    ``ok``: the program ran and each call returned or raised (whatever the values), within the
+    time limit, and the report was well formed. ``result`` (None unless ok):
+    ``{"outputs": [(ok, value_or_error_name), ...]}``, one pair per input. ``returncode``: the
+    program's exit status (negative: killed by that signal). ``error``: why not ok.
     """
 
     ok: bool
@@ -90,13 +105,11 @@ class SandboxResult:
 
 @dataclass(frozen=True)
 class SandboxJob:
-    """One program with the calls (``entry(*args)`` for each ``inputs`` item) and the assert
-    statements to run after it."""
+    """One program with the calls to make (``entry(*args)`` for each ``inputs`` item)."""
 
     program: str
     inputs: tuple[tuple[Any, ...], ...] = ()
     entry: str = "f"
-    asserts: tuple[str, ...] = ()
 
 
 def run_python(
@@ -104,30 +117,33 @@ def run_python(
     *,
     inputs: Sequence[Sequence[Any]] = (),
     entry: str = "f",
-    asserts: Sequence[str] = (),
     timeout_s: float = 2.0,
     memory_mb: int = 256,
     max_output_bytes: int = 64_000,
     preload: Sequence[str] = DEFAULT_PRELOAD,
 ) -> SandboxResult:
-    """Run ``program``, then ``entry(*args)`` for each of ``inputs`` and each assert statement.
+    """Run ``program``, then ``entry(*args)`` for each of ``inputs``, isolated (module doc).
 
     ``inputs`` must be plain data (None, bool, int, float, str, lists, dicts with str keys).
     Only the modules in ``preload`` can be imported by the program. Never raises for anything
-    the program does; raises RuntimeError if this machine cannot run the sandbox at all.
-    """
-    if not _SELF_TEST.passed:
-        _self_test()
-    return _run(
+    the program does; raises RuntimeError (one line) if this machine cannot isolate it and
+    ``TASKGRAD_UNSAFE_CODE_EXEC=1`` is not set, ValueError for bad arguments."""
+    isolate = check_available() == "isolated"
+    result = _run(
         program,
         inputs=inputs,
         entry=entry,
-        asserts=asserts,
         timeout_s=timeout_s,
         memory_mb=memory_mb,
         max_output_bytes=max_output_bytes,
         preload=preload,
+        isolate=isolate,
     )
+    if result.error.startswith("sandbox setup failed"):
+        # After a successful probe this is the machine, not the program (e.g. a namespace or
+        # process limit reached): say so, since the reward silently becomes 0.
+        isolation.log.warning("%s", result.error)
+    return result
 
 
 def run_many(
@@ -136,16 +152,14 @@ def run_many(
     """``run_python`` for each job, identical jobs once, ``workers`` sandboxes at a time.
 
     Threads suffice: each worker mostly waits on its subprocess, and spawning needs no
-    ``preexec_fn`` (see sandbox_runner.py), so it is safe from a thread."""
+    ``preexec_fn`` (the runner isolates itself), so it is safe from a thread."""
     # repr, not hash: inputs may hold lists. Plain values have a faithful, deterministic repr.
-    keys = [(job.program, repr(job.inputs), job.entry, job.asserts) for job in jobs]
+    keys = [(job.program, repr(job.inputs), job.entry) for job in jobs]
     unique = list(dict(zip(keys, jobs, strict=True)).items())
 
     def one(item: tuple[Any, SandboxJob]) -> SandboxResult:
         job = item[1]
-        return run_python(
-            job.program, inputs=job.inputs, entry=job.entry, asserts=job.asserts, **options
-        )
+        return run_python(job.program, inputs=job.inputs, entry=job.entry, **options)
 
     if len(unique) <= 1 or workers <= 1:
         done = [one(item) for item in unique]
@@ -157,13 +171,13 @@ def run_many(
 
 
 def outputs_match(result: SandboxResult, expected: Sequence[Any]) -> list[bool]:
-    """Per expected output: did the call return exactly it? (False everywhere if not ok.)"""
+    """Per expected output: did the call return exactly it? (False everywhere if not ok.)
+    ``expected`` may be shorter than the calls made: it is matched against the first ones."""
     outputs = result.result["outputs"] if result.ok and result.result else []
-    if len(outputs) != len(expected):
+    if len(outputs) < len(expected):
         return [False] * len(expected)
-    return [
-        ok and same_value(value, want) for (ok, value), want in zip(outputs, expected, strict=True)
-    ]
+    pairs = zip(outputs[: len(expected)], expected, strict=True)
+    return [ok and same_value(value, want) for (ok, value), want in pairs]
 
 
 def same_value(got: Any, want: Any) -> bool:
@@ -196,7 +210,71 @@ def is_plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
+def check_available() -> str:
+    """``"isolated"`` where the kernel isolation works (checked once per process by running a
+    trivial program), ``"unsafe"`` where it does not but ``TASKGRAD_UNSAFE_CODE_EXEC=1`` opts
+    in (logged as a warning); otherwise raises RuntimeError with one line saying why and how to
+    enable it. Call it at startup to fail before training rather than at the first reward."""
+    mode = _MODE.mode
+    if mode:
+        return mode
+    with _MODE.lock:
+        if not _MODE.mode:
+            _MODE.mode = _decide_mode()
+        return _MODE.mode
+
+
 # -- implementation ----------------------------------------------------------------------------
+
+
+class _Mode:
+    mode = ""
+    lock = threading.Lock()
+
+
+_MODE = _Mode()
+_PROBE = "def f(x):\n    return x + 1\n"
+
+
+def _decide_mode() -> str:
+    opt_in = isolation.unsafe_opt_in()  # a malformed value raises here, whatever the kernel
+    reason = _isolation_probe()
+    if not reason:
+        return "isolated"
+    if not opt_in:
+        raise RuntimeError(isolation.unavailable_message(reason))
+    isolation.warn_unsafe(reason)
+    result = _probe_run(isolate=False)
+    if not (result.ok and outputs_match(result, [2]) == [True]):
+        raise RuntimeError(f"code sandbox does not work even without isolation: {_why(result)}")
+    return "unsafe"
+
+
+def _isolation_probe() -> str:
+    """Empty if a trivial program runs isolated and returns the right value, else why not."""
+    result = _probe_run(isolate=True)
+    if result.ok and outputs_match(result, [2]) == [True]:
+        return ""
+    return _why(result)
+
+
+def _probe_run(*, isolate: bool) -> SandboxResult:
+    return _run(
+        _PROBE,
+        inputs=[[1]],
+        entry="f",
+        timeout_s=30.0,
+        memory_mb=256,
+        max_output_bytes=4096,
+        preload=DEFAULT_PRELOAD,
+        isolate=isolate,
+    )
+
+
+def _why(result: SandboxResult) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    tail = f"; last stderr line: {lines[-1].strip()[:300]}" if lines else ""
+    return (result.error or "wrong output") + tail
 
 
 def _run(
@@ -204,101 +282,148 @@ def _run(
     *,
     inputs: Sequence[Sequence[Any]],
     entry: str,
-    asserts: Sequence[str],
     timeout_s: float,
     memory_mb: int,
     max_output_bytes: int,
     preload: Sequence[str],
+    isolate: bool,
 ) -> SandboxResult:
     if type(program) is not str or len(program) > MAX_PROGRAM_CHARS:
-        return _refused("program is not a str or is too long")
-    if not entry.isidentifier() or not is_plain(list(inputs)):
+        return _failed("program is not a str or is too long")
+    if type(entry) is not str or not entry.isidentifier() or not is_plain(list(inputs)):
         raise ValueError("sandbox: entry must be an identifier and inputs plain data")
-    job = {
+    if not all(type(name) is str and name.replace(".", "_").isidentifier() for name in preload):
+        raise ValueError(f"sandbox: preload must be module names, got {list(preload)!r}")
+    if not timeout_s > 0 or memory_mb < 32:
+        raise ValueError("sandbox: timeout_s must be > 0 and memory_mb >= 32")
+    uid = isolation.UID_SLOTS.acquire() if os.geteuid() == 0 else None
+    workdir = None
+    try:
+        if not isolate:
+            workdir = os.path.realpath(tempfile.mkdtemp(prefix="taskgrad-sandbox-"))
+            if uid is not None:
+                try:
+                    os.chown(workdir, uid, uid)
+                except OSError:  # root of a user namespace that does not map the slot uids:
+                    isolation.UID_SLOTS.release(uid)  # unsafe mode runs as the trainer then
+                    uid = None
+        job = _make_job(
+            program, inputs, entry, timeout_s, memory_mb, max_output_bytes, preload, isolate, uid,
+            workdir,
+        )  # fmt: skip
+        return _spawn(job, len(job["inputs"]), timeout_s, max_output_bytes)
+    finally:
+        if uid is not None:
+            isolation.UID_SLOTS.release(uid)  # its processes are dead: _spawn killed the group
+        if workdir is not None:
+            _remove_tree(workdir, time.monotonic() + CLEANUP_BUDGET_S)
+
+
+def _make_job(
+    program: str,
+    inputs: Sequence[Sequence[Any]],
+    entry: str,
+    timeout_s: float,
+    memory_mb: int,
+    max_output_bytes: int,
+    preload: Sequence[str],
+    isolate: bool,
+    uid: int | None,
+    workdir: str | None,
+) -> dict[str, Any]:
+    """What the runner gets (see sandbox_runner.py), as plain data for ``marshal``."""
+    return {
         "program": program,
         "inputs": [list(args) for args in inputs],
         "entry": entry,
-        "asserts": list(asserts),
         "preload": list(preload),
-        "as_root": os.geteuid() == 0,
-        "namespaces": _USE_NAMESPACES,
-        "max_write_files": 16,
+        "uid": uid,
+        "isolate": isolate,
+        "seccomp": _USE_SECCOMP,
+        "workdir": workdir,
+        "timeout_s": float(timeout_s),
+        "disk_bytes": DISK_BYTES,
+        "disk_inodes": DISK_INODES,
         "limits": {
             "cpu_s": max(1, math.ceil(timeout_s)),
             "memory_bytes": memory_mb * 2**20,
-            # stdout, stderr and any file the program writes; past it the write kills the process
+            # stdout, stderr and any file the program writes; past it, writes fail
             "file_bytes": max(2**20, 2 * max_output_bytes),
             "open_files": 32,
         },
     }
-    workdir = os.path.realpath(tempfile.mkdtemp(prefix="taskgrad-sandbox-"))
+
+
+def _spawn(job: dict, n_calls: int, timeout_s: float, max_output_bytes: int) -> SandboxResult:
+    fds: list[int] = []
+    proc = None
     try:
-        with open(os.path.join(workdir, "job.marshal"), "wb") as fh:
-            marshal.dump(job, fh)
-        if job["as_root"]:
-            os.chown(workdir, NOBODY, NOBODY)  # the program runs as nobody, in this directory
-        # The parent keeps its own handles: the program may unlink or replace these paths, but
-        # what we read back is what it wrote to the descriptors it was given.
-        with (
-            open(os.path.join(workdir, "stdout.txt"), "w+b") as out,
-            open(os.path.join(workdir, "stderr.txt"), "w+b") as err,
-        ):
+        job_fd, out_fd, err_fd = (_anonymous_file(name, fds) for name in ("job", "out", "err"))
+        os.write(job_fd, marshal.dumps(job))
+        os.lseek(job_fd, 0, os.SEEK_SET)
+        report_r, report_w = os.pipe()
+        fds += [report_r, report_w]
+        try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", RUNNER],
-                cwd=workdir,
+                [sys.executable, "-I", "-S", "-B", RUNNER, str(report_w)],
+                cwd="/",
                 env={},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
+                stdin=job_fd,
+                stdout=out_fd,
+                stderr=err_fd,
+                pass_fds=(report_w,),
                 start_new_session=True,  # its own process group, killed as a whole below
                 close_fds=True,
             )
-            exited = _wait(proc, timeout_s)
-            _kill_group(proc.pid)  # also when it exited: anything it left behind goes too
-            returncode = proc.wait()
-            stdout, stderr = _head(out, max_output_bytes), _head(err, max_output_bytes)
-        result, error = _read_result(os.path.join(workdir, "result.txt"))
+        except OSError as exc:
+            return _failed(f"could not start the sandbox: {exc}")
+        finally:
+            fds.remove(report_w)
+            os.close(report_w)  # the runner's copy is the only one left: EOF when it is done
+        deadline = time.monotonic() + timeout_s + STARTUP_SLACK_S
+        raw, complete = _read_report(report_r, deadline)
+        _kill_group(proc.pid)  # also when it reported: anything left behind goes too
+        returncode = proc.wait()
+        proc = None
+        stdout, stderr = _head(out_fd, max_output_bytes), _head(err_fd, max_output_bytes)
     finally:
-        _remove_tree(workdir)
-    if not exited:
-        error = f"timed out after {timeout_s:g} s"
-    elif result is None and returncode != 0:
-        error = f"{error} (exit status {returncode})"
-    ok = exited and result is not None and not result.get("error")
-    if result is not None and result.get("error"):
-        error = f"program raised {result['error']}"
-    return SandboxResult(
-        ok=ok,
-        returncode=returncode,
-        stdout=stdout,
-        stderr=stderr,
-        timed_out=not exited,
-        result=result if ok else None,
-        error="" if ok else error,
-    )
+        if proc is not None:  # interrupted (KeyboardInterrupt...): leave nothing running
+            _kill_group(proc.pid)
+            proc.wait()
+        for fd in fds:
+            os.close(fd)
+    return _result(raw, complete, n_calls, timeout_s, stdout, stderr, returncode)
 
 
-def _refused(reason: str) -> SandboxResult:
-    return SandboxResult(False, None, "", "", False, None, reason)
+def _anonymous_file(name: str, opened: list[int]) -> int:
+    """A file in memory (no path anyone could open or swap), closed on exec unless passed."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create(f"taskgrad-sandbox-{name}", os.MFD_CLOEXEC)
+    else:  # not Linux: an unlinked temporary file
+        fd, path = tempfile.mkstemp(prefix="taskgrad-sandbox-")
+        os.unlink(path)
+    opened.append(fd)
+    return fd
 
 
-def _wait(proc: subprocess.Popen, timeout_s: float) -> bool:
-    """Wait for the child to exit without reaping it (so its pid, which is also its process
-    group id, cannot be reused before ``_kill_group``); False on timeout."""
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): a reaping wait
-        try:
-            proc.wait(timeout_s)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        return bool(poller.poll(timeout_s * 1000))
-    finally:
-        os.close(pidfd)
+def _read_report(fd: int, deadline: float) -> tuple[bytes, bool]:
+    """What the runner reports, until EOF or the deadline; (bytes, whether EOF was reached)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    chunks, size = [], 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return b"".join(chunks), False
+        if not poller.poll(remaining * 1000):
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_RESULT_BYTES + 100:  # the supervisor caps it: this is not it talking
+            return b"", True
 
 
 def _kill_group(pgid: int) -> None:
@@ -306,100 +431,117 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _head(fh: Any, limit: int) -> str:
-    fh.seek(0)
-    return fh.read(limit).decode("utf-8", errors="replace")
+def _head(fd: int, limit: int) -> str:
+    return os.pread(fd, limit, 0).decode("utf-8", errors="replace")
 
 
-def _read_result(path: str) -> tuple[dict[str, Any] | None, str]:
-    """Parse and validate the runner's result file; anything unexpected is a garbled result.
-
-    Opened without following links or blocking (the program could have swapped the path for a
-    symlink or a FIFO), read up to a bound, and parsed as a literal, never evaluated."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None, "no result (the process died or exited before reporting)"
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None, "garbled result"
-        raw = os.read(fd, MAX_RESULT_BYTES + 1)
-    finally:
-        os.close(fd)
-    if not raw:
-        return None, "no result (the process died or exited before reporting)"
-    if len(raw) > MAX_RESULT_BYTES:
-        return None, "garbled result (too large)"
-    try:
-        data = ast.literal_eval(raw.decode("ascii"))
-    except Exception:  # SyntaxError, ValueError, RecursionError, MemoryError, UnicodeError...
-        return None, "garbled result"
-    if _valid_result(data):
-        return data, ""
-    return None, "garbled result"
+def _failed(reason: str, **fields: Any) -> SandboxResult:
+    values = {"returncode": None, "stdout": "", "stderr": "", "timed_out": False}
+    values.update(fields)
+    return SandboxResult(ok=False, result=None, error=reason, **values)
 
 
-def _valid_result(data: Any) -> bool:
-    if type(data) is not dict or type(data.get("error")) is not str:
-        return False
-    if data["error"]:
-        return set(data) == {"error"}
-    if set(data) != {"error", "outputs", "checks"}:
-        return False
-    outputs, checks = data["outputs"], data["checks"]
-    if type(outputs) is not list or type(checks) is not list:
-        return False
-    pairs = [*outputs, *checks]
-    if not all(type(p) is tuple and len(p) == 2 and type(p[0]) is bool for p in pairs):
-        return False
-    return all(is_plain(value) for _, value in outputs) and all(
-        type(msg) is str for _, msg in checks
-    )
-
-
-def _remove_tree(path: str) -> None:
-    """Remove the directory even if the program made parts of it unreadable (non-root case)."""
-
-    def make_writable_and_retry(func: Any, failed: str, _exc: Any) -> None:
-        try:
-            parent = os.path.dirname(failed)
-            for p in (parent, failed):
-                if os.path.isdir(p) and not os.path.islink(p):
-                    os.chmod(p, 0o700)
-            func(failed)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=make_writable_and_retry)
-
-
-class _SelfTest:
-    passed = False
-    lock = threading.Lock()
-
-
-_SELF_TEST = _SelfTest()
-
-
-def _self_test() -> None:
-    """Once per process: a trivial program must run, else the sandbox is broken on this
-    machine (e.g. root without CAP_SETUID) and every reward would silently be 0."""
-    with _SELF_TEST.lock:
-        if _SELF_TEST.passed:
-            return
-        result = _run(
-            "def f(x):\n    return x + 1\n",
-            inputs=[[1]],
-            entry="f",
-            asserts=["assert f(1) == 2"],
-            timeout_s=30.0,
-            memory_mb=256,
-            max_output_bytes=4096,
-            preload=DEFAULT_PRELOAD,
+def _result(
+    raw: bytes,
+    complete: bool,
+    n_calls: int,
+    timeout_s: float,
+    stdout: str,
+    stderr: str,
+    launcher_code: int,
+) -> SandboxResult:
+    """Turn the runner's report into a SandboxResult. The header comes from the trusted
+    supervisor; the lines after it from the program's process, so they are parsed as
+    untrusted data: anything unexpected makes the run fail, never pass."""
+    streams = {"stdout": stdout, "stderr": stderr}
+    if raw.startswith(b"E "):  # written by the launcher before any untrusted code ran
+        reason = raw[2:].split(b"\n", 1)[0].decode("ascii", "replace")
+        return _failed(f"sandbox setup failed: {reason}", **streams)
+    header, _, data = raw.partition(b"\n")
+    fields = header.split(b" ")
+    if not complete or len(fields) != 5 or fields[0] != b"R":
+        if not complete:
+            return _failed(f"timed out after {timeout_s:g} s", timed_out=True, **streams)
+        return _failed(
+            f"no report (the sandbox died, launcher exit status {launcher_code})", **streams
         )
-        if not (result.ok and outputs_match(result, [2]) == [True]):
-            raise RuntimeError(
-                f"the code sandbox does not work on this machine: {result.error}; "
-                f"stderr: {result.stderr[-2000:]!r}"
+    try:  # the supervisor wrote it; parsed defensively all the same
+        status, timed_out, overflow, size = (int(x) for x in fields[1:])
+        returncode = os.waitstatus_to_exitcode(status)
+    except ValueError:
+        return _failed("garbled report header", **streams)
+    streams["returncode"] = returncode
+    if timed_out:
+        return _failed(f"timed out after {timeout_s:g} s", timed_out=True, **streams)
+    if overflow or size != len(data):
+        return _failed("garbled report (too large)", **streams)
+    lines = data.split(b"\n")
+    if lines[0].startswith(b"!setup "):  # the worker, before it ran any program code
+        reason = lines[0][7:200].decode("ascii", "replace")
+        return _failed(f"sandbox setup failed in the worker: {reason}", **streams)
+    # A last line without its newline was cut off by the program's death: not an outcome.
+    outcomes = [_literal(line) for line in lines[:-1]]
+    if not outcomes:
+        return _failed(_died("before reporting", returncode), **streams)
+    first = outcomes[0]
+    if type(first) is not str:
+        return _failed("garbled report", **streams)
+    if first:
+        return _failed(f"program raised {first[:100]}", **streams)
+    outputs = outcomes[1:]
+    if not all(_valid_output(item) for item in outputs) or len(outputs) > n_calls:
+        return _failed("garbled report", **streams)
+    if len(outputs) < n_calls:
+        return _failed(_died(f"after {len(outputs)} of {n_calls} calls", returncode), **streams)
+    return SandboxResult(True, returncode, stdout, stderr, False, {"outputs": outputs})
+
+
+_GARBLED = object()
+
+
+def _literal(line: bytes) -> Any:
+    try:
+        return ast.literal_eval(line.decode("ascii"))
+    except Exception:  # SyntaxError, ValueError, RecursionError, MemoryError, UnicodeError...
+        return _GARBLED
+
+
+def _valid_output(item: Any) -> bool:
+    if type(item) is not tuple or len(item) != 2 or type(item[0]) is not bool:
+        return False
+    return is_plain(item[1]) if item[0] else type(item[1]) is str
+
+
+def _died(when: str, returncode: int) -> str:
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
+        how = f"killed by signal {-returncode} {name} (e.g. a resource limit)"
+    else:
+        how = f"exit status {returncode}"
+    return f"the program stopped {when}: {how}"
+
+
+def _remove_tree(path: str, deadline: float) -> None:
+    """Unsafe mode only: remove the program's temporary directory. Never raises, is bounded by
+    ``deadline`` (what is left stays, and is logged), and copes with what a program can do to a
+    directory: nest it deeper than PATH_MAX or Python's recursion limit, make parts of it
+    unreadable, fill it with links. ``chmod -R`` and ``rm -rf`` walk it with descriptors, never
+    follow links, and run in a child: no recursion here, and no ``chdir`` in this process."""
+    try:
+        for command in (["chmod", "-R", "u+rwx", "--", path], ["rm", "-rf", "--", path]):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=remaining,
+                check=False,
             )
-        _SELF_TEST.passed = True
+    except (OSError, subprocess.SubprocessError):  # no coreutils, or out of time
+        pass
+    with contextlib.suppress(OSError):
+        if os.path.lexists(path):
+            isolation.log.warning("sandbox: could not remove %s in time; left in place", path)
