@@ -38,6 +38,7 @@ from taskgrad.policy import (
     warm_start,
 )
 from taskgrad.rollout import Rollout, generate
+from taskgrad.tasks import Sample
 from taskgrad.tasks.factory import build_tasks
 
 LOGP_TOL = 1e-4
@@ -70,7 +71,12 @@ def policy(model_dir):
 @pytest.fixture(scope="module")
 def engine(model_dir, policy):
     _, tokenizer = policy
-    eng = build_engine("vllm", model_path=str(model_dir), tokenizer=tokenizer, seed=0)
+    # Blocks of 32 tokens (vLLM's CPU default is 128) so that the prefix cache holds whole blocks
+    # of these short prompts, and a push that forgot to reset it would serve stale KV.
+    eng = build_engine(
+        "vllm", model_path=str(model_dir), tokenizer=tokenizer, seed=0,
+        engine_kwargs={"block_size": 32},
+    )  # fmt: skip
     yield eng
     eng.close()
 
@@ -85,6 +91,17 @@ def prompts(tasks):
             samples.append(task.sample(rng))
             task_index.append(k)
     return samples, task_index
+
+
+@pytest.fixture(scope="module")
+def long_prompts(prompts):
+    """Prompts of 2-3 blocks: three task prompts joined, one per task."""
+    samples, task_index = prompts
+    joined = [
+        Sample(samples[i].task, " ".join(s.prompt for s in samples[i : i + 3]), "0")
+        for i in range(0, len(samples), 3)
+    ]
+    return joined, task_index[::3]
 
 
 def trainer_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tensor:
@@ -217,7 +234,7 @@ def fake_optimizer_step(model, tokenizer, tasks) -> None:
     model.eval()
 
 
-def test_push_weights_makes_engine_follow_the_trainer(engine, policy, prompts, tasks):
+def test_push_weights_makes_engine_follow_the_trainer(engine, policy, prompts, long_prompts, tasks):
     model, tokenizer = policy
     updated = copy.deepcopy(model)
     fake_optimizer_step(updated, tokenizer, tasks)
@@ -225,15 +242,19 @@ def test_push_weights_makes_engine_follow_the_trainer(engine, policy, prompts, t
     new_greedy = transformers_greedy(updated, tokenizer, prompts)
     assert old_greedy.completions != new_greedy.completions  # the step changed answers
     before = engine.param_checksum()
+    assert_same_layout(sample(engine, prompts, group_size=2, greedy=True), old_greedy)
+    sample(engine, long_prompts, group_size=2, greedy=True)  # fills the prefix cache
 
     seconds = engine.push_weights(updated)
     try:
+        assert_same_layout(sample(engine, prompts, group_size=2, greedy=True), new_greedy)
+        for batch in (prompts, long_prompts):  # long ones: cached prompt blocks must not serve
+            rollout = sample(engine, batch, temperature=0.7)
+            assert rollout.prompt_tokens.max() > 32 or batch is prompts
+            logp = trainer_logprobs(updated, rollout, 0.7)
+            assert (rollout.rollout_logprobs - logp).abs().max() < LOGP_TOL
         assert seconds > 0 and engine.last_push_info["tied_heads_refreshed"] == ["lm_head"]
         assert engine.param_checksum() != before
-        assert_same_layout(sample(engine, prompts, group_size=2, greedy=True), new_greedy)
-        rollout = sample(engine, prompts, temperature=0.7)
-        diff = (rollout.rollout_logprobs - trainer_logprobs(updated, rollout, 0.7)).abs().max()
-        assert diff < LOGP_TOL
     finally:
         engine.push_weights(model)  # the module's engine serves the other tests
     assert_same_layout(sample(engine, prompts, group_size=2, greedy=True), old_greedy)
