@@ -76,10 +76,12 @@ def policy(model_dir):
 def engine(model_dir, policy):
     _, tokenizer = policy
     # Blocks of 32 tokens (vLLM's CPU default is 128) so that the prefix cache holds whole blocks
-    # of these short prompts, and a push that forgot to reset it would serve stale KV.
+    # of these short prompts, and a push that forgot to reset it would serve stale KV. A step
+    # budget of 256 tokens (default 4096) so that a rollout's prompts take several scheduler
+    # steps, as a real batch's do: the path where chunked prefill crashes seeded sampling on CPU.
     eng = build_engine(
         "vllm", model_path=str(model_dir), tokenizer=tokenizer, seed=0,
-        engine_kwargs={"block_size": 32},
+        engine_kwargs={"block_size": 32, "max_num_batched_tokens": 256},
     )  # fmt: skip
     yield eng
     eng.close()

@@ -64,7 +64,11 @@ Design
 * **CPU defaults.** ``enforce_eager=True`` (vLLM's torch.compile warm-up costs more than it saves
   on a tiny model); the KV cache is ``kv_cache_gib`` GiB, 1 by default when
   ``VLLM_CPU_KVCACHE_SPACE`` is unset (that variable, when set, overrides it: vLLM's CPU platform
-  reads it last).
+  reads it last); ``enable_chunked_prefill=False``, a workaround: with chunked prefill, vLLM 0.32
+  on CPU fails as soon as a seeded request's prompt is split across scheduler steps (a rollout
+  batch of more prompt tokens than ``max_num_batched_tokens``, 4096 by default), in
+  ``GPUModelRunner._bookkeeping_sync``: "CPU Generator does not use offset". Unchunked, vLLM needs
+  ``max_num_batched_tokens >= max_model_len`` and says so at construction when it is not.
 
 Callers must guard their entry point with ``if __name__ == "__main__":``: vLLM's CPU backend
 starts its worker with the ``spawn`` method, which re-imports ``__main__``.
@@ -222,6 +226,11 @@ class VLLMEngine:
         }
         if kv_cache_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+        if on_cpu:
+            # vLLM 0.32 on CPU crashes on a seeded request whose prefill is split in chunks: it
+            # rewinds the request's generator with set_offset, which a CPU generator lacks
+            # ("CPU Generator does not use offset"). Unchunked, a prompt is scheduled whole.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(engine_kwargs or {})
         start = time.perf_counter()
         # In-process engine core (see the module docstring), worker in a vLLM-spawned process.
