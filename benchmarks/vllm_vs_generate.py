@@ -6,6 +6,7 @@ float32, one after the other (never at once: they would share the cores). Each i
 then timed ``repeats`` times with a new seed each time. Throughput counts response tokens (up to
 and including EOS), the tokens a training step uses; each backend counts its own, since sampled
 completions differ in length. The ratio is of the two medians from this one run. Also printed:
+the per-task mismatch between the last vLLM rollout's log-probs and the trainer's recomputation,
 engine start time and the median of ``repeats`` weight pushes.
 
     python benchmarks/vllm_vs_generate.py [prompts_per_task=8] [group=8] [max_new=12] [repeats=5]
@@ -26,6 +27,8 @@ def main(argv: list[str]) -> None:
 
     from taskgrad.config import Config
     from taskgrad.engines import build_engine
+    from taskgrad.engines.mismatch import logprob_mismatch
+    from taskgrad.grpo import logprobs_and_entropy
     from taskgrad.policy import ensure_tiny_model, load_policy
     from taskgrad.tasks.factory import build_tasks
 
@@ -82,6 +85,21 @@ def main(argv: list[str]) -> None:
             f"per batch, {statistics.median(tokens):.0f} response tokens"
         )
     print(f"ratio vllm / transformers: {results['vllm'] / results['transformers']:.2f}x")
+
+    # The last vLLM rollout's reported log-probs against the trainer's recomputation.
+    n_new = rollout.response_mask.shape[1]
+    with torch.no_grad():
+        inputs = rollout.rows(torch.arange(rollout.input_ids.shape[0]))
+        logits = model(**inputs, logits_to_keep=n_new + 1).logits[:, :-1]
+        trainer, _ = logprobs_and_entropy(logits / 1.0, rollout.completion_ids)
+    stats = logprob_mismatch(
+        trainer, rollout.rollout_logprobs, rollout.response_mask, rollout.task_index,
+        [t.name for t in tasks],
+    )  # fmt: skip
+    print("log-prob |trainer - vllm| per response token (temperature 1):")
+    for key in sorted(k for k in stats if k.endswith("_mean")):
+        name = key.removesuffix("/logprob_diff_mean")
+        print(f"  {name}: mean {stats[key]:.2e}, max {stats[name + '/logprob_diff_max']:.2e}")
 
     vllm = engines["vllm"]
     pushes = [vllm.push_weights(model) for _ in range(opts["repeats"])]

@@ -18,6 +18,26 @@ Backends (``ROLLOUT_BACKENDS``):
 
 Pure helpers for the train/rollout mismatch (per-task |delta log p|, truncated importance weights)
 live in ``engines/mismatch.py``; they need no engine.
+
+Wiring into the loop (not done here; train.py / trainer.py are the loop's):
+
+* config: ``rollout.backend: Literal["transformers", "vllm"]``, the vLLM options above (e.g.
+  ``rollout.vllm: dict`` passed as keywords), ``grpo.rollout_is_cap: float | None`` (None: no
+  correction).
+* setup: ``build_engine(cfg.rollout.backend, model=unwrapped, tokenizer=tokenizer,
+  model_path=weights_path, dtype=cfg.model.dtype, seed=cfg.seed,
+  generation_batch=cfg.rollout.generation_batch, ...)``. Given ``model``, the vLLM engine pushes
+  its weights once, so resuming from a checkpoint is covered whatever directory it was built from.
+* each step: ``engine.generate(...)`` instead of ``generate(...)`` (same arguments minus the model,
+  tokenizer and ``generation_batch``); ``engine.push_weights(unwrapped)`` after the step's last
+  optimizer step (before evaluation, which may then sample from the engine too); on GPU with sleep
+  mode, ``engine.sleep()`` after the rollout and ``wake_up`` is automatic.
+* loss: with ``rollout.rollout_logprobs`` present, the first inner update's ``old_logprobs`` and
+  ``rollout_logprobs`` give ``truncated_importance_weights`` (per token, detached) that multiply
+  ``policy_loss``'s per-token surrogate before the aggregation weights; being fixed per token, they
+  keep task-pure micro-batch gradients summing exactly to the batch gradient.
+* metrics: ``logprob_mismatch(old_logprobs, rollout.rollout_logprobs, rollout.response_mask,
+  rollout.task_index, task_names)`` once per step.
 """
 
 from __future__ import annotations
