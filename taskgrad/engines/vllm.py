@@ -45,9 +45,10 @@ Design
   has no attribute 'dtype'"). Why not ``model.load_weights`` on the driver worker's model as TRL's
   colocate mode does: on CPU the worker runs a separate process and its linear layers compute from
   packed copies that only a reload refreshes (see ``vllm_worker.py``).
-  Side effect of the in-process engine core: vLLM seeds Python's, NumPy's and torch's global RNGs
-  when it builds its config; the engine saves and restores them around construction, so building
-  it does not change the trainer's random stream.
+  With an in-process engine core vLLM warns that it "may affect the random state of the Python
+  process"; only its workers call ``set_random_seed``, and with the worker in its own process
+  building the engine left torch's, Python's and NumPy's global RNG states unchanged (checked).
+  The engine still saves and restores them around construction, a guard should that change.
 * **LoRA hook.** ``engine_weights(model)`` is the single place that turns the trainer's model into
   (name, tensor) pairs. Full weights are implemented; for a PEFT model it raises. The two ways to
   add it: merged weights (``merge_adapter()``, strip ``base_model.model.`` / ``.base_layer``, skip
