@@ -241,6 +241,7 @@ class VLLMEngine:
             self.llm = LLM(**kwargs)
         self.start_seconds = time.perf_counter() - start
         self.last_push_seconds: float | None = None
+        self.last_push_info: dict[str, Any] | None = None  # what the worker reported
 
     # --- sampling ------------------------------------------------------------------------------
 
