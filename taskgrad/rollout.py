@@ -44,6 +44,9 @@ class Rollout:
     completions: list[str]  # [B*G] decoded completions (without EOS)
     prompt_len: int  # P
     prompt_tokens: torch.Tensor  # [B*G] real prompt tokens per row
+    # [B*G, L] log-prob of each sampled token under the sampling engine (0 off the response mask);
+    # set by engines that report it (vLLM), None for transformers.generate.
+    rollout_logprobs: torch.Tensor | None = None
 
     @property
     def completion_ids(self) -> torch.Tensor:
