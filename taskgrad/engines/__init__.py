@@ -60,6 +60,7 @@ class RolloutEngine(Protocol):
         samples: list[Sample],
         task_index: list[int],
         *,
+        half: list[int] | None = None,
         group_size: int,
         max_new_tokens: int,
         temperature: float,

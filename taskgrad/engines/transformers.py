@@ -28,6 +28,7 @@ class TransformersEngine:
         samples: list[Sample],
         task_index: list[int],
         *,
+        half: list[int] | None = None,
         group_size: int,
         max_new_tokens: int,
         temperature: float,
@@ -38,7 +39,7 @@ class TransformersEngine:
         greedy: bool = False,
     ) -> Rollout:
         return generate(
-            self.model, self.tokenizer, samples, task_index,
+            self.model, self.tokenizer, samples, task_index, half=half,
             group_size=group_size, max_new_tokens=max_new_tokens, temperature=temperature,
             top_p=top_p, seed=seed, chat_template=chat_template,
             max_prompt_tokens=max_prompt_tokens, generation_batch=self.generation_batch,

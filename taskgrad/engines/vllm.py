@@ -265,6 +265,7 @@ class VLLMEngine:
         samples: list[Sample],
         task_index: list[int],
         *,
+        half: list[int] | None = None,
         group_size: int,
         max_new_tokens: int,
         temperature: float,
@@ -320,11 +321,14 @@ class VLLMEngine:
         ]
         ids_g = ids.repeat_interleave(g, dim=0)  # [B*G, P]
         mask_g = mask.repeat_interleave(g, dim=0)
+        tasks = torch.tensor(task_index, dtype=torch.long)  # [B]
+        halves = torch.tensor(half, dtype=torch.long) if half is not None else 0 * tasks
         return Rollout(
             samples=samples,
             group_size=g,
-            task_index=torch.tensor(task_index).repeat_interleave(g),
+            task_index=tasks.repeat_interleave(g),
             prompt_index=torch.arange(len(samples)).repeat_interleave(g),
+            group_index=(2 * tasks + halves).repeat_interleave(g),
             input_ids=torch.cat([ids_g, completion_ids], dim=1),
             attention_mask=torch.cat([mask_g, response_mask.long()], dim=1),
             response_mask=response_mask,
