@@ -246,16 +246,19 @@ def optimizer_step(trainer: Trainer) -> OptimizerStep:
     return OptimizerStep(grad_norm=float(norm), clip_coef=clip_coef, lr=lr)
 
 
-def update(trainer: Trainer, step: int, balanced: BalancedStep | None) -> dict[str, float]:
+def update(
+    trainer: Trainer, step: int, balanced: BalancedStep | None, first: bool
+) -> dict[str, float]:
     """The optimizer step, with the gradient diagnostics and the one-step/transfer probes.
 
-    ``balanced`` is the measured update's balance (None: not measured). Probes run just before
-    and after the update at the configured steps.
+    ``balanced`` is the measured update's balance (None: not measured); ``first``: this is the
+    step's first (on-policy) update, the one the probes bracket.
     """
     cfg, groups, d = trainer.cfg, trainer.groups, trainer.cfg.diagnostics
-    transfer = balanced is not None and step in d.transfer_at
+    one_step = first and step in d.one_step_at
+    transfer = first and balanced is not None and step in d.transfer_at
     probe_before = params_before = None
-    if step in d.one_step_at or transfer:
+    if one_step or transfer:
         probe_before = trainer.prober()
         params_before = groups.clone_params() if groups is not None else None
     geometry = balanced is not None and d.optimizer_geometry
@@ -271,7 +274,7 @@ def update(trainer: Trainer, step: int, balanced: BalancedStep | None) -> dict[s
         if geometry:
             delta = groups.snapshot() - flat_before  # [P] the applied update
             metrics.update(adam_metrics(groups, balanced, precond, delta, tasks, d.scope))
-    if step in d.one_step_at:
+    if one_step:
         metrics.update(probe.one_step_gains(trainer.prober(), probe_before))
     if transfer and params_before:
         adam_t = float(trainer.optimizer.state[groups.params[0][1]]["step"])
@@ -319,7 +322,8 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
             if inner == 0:
                 metrics.update(balance_metrics(trainer.task_names, balanced))
         with timer("optimizer"):
-            metrics.update(update(trainer, step, balanced if inner == 0 else None))
+            measured = balanced if inner == 0 else None
+            metrics.update(update(trainer, step, measured, first=inner == 0))
     metrics.update(timer.metrics())
     return metrics
 

@@ -9,6 +9,10 @@ seq_mean and no std scaling (mt_grpo); proxy-scope buffers measured every other 
 constant aggregation. Every key of every record also parses under the metric schema.
 
 Keys renamed by the refactor (old -> new) are mapped below; nothing else may differ.
+
+Deliberate changes since, each made by the commit that rewrote the affected golden values:
+- with several inner updates, ``gain/<task>/one_step`` brackets the step's first (on-policy)
+  update, like every other measurement; it used to report the last one (pcgrad_modular.jsonl).
 """
 
 from __future__ import annotations
