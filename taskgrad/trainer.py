@@ -205,8 +205,8 @@ def check_buffer_fits(model, cfg: Config, num_tasks: int, device, log) -> None:
     What must still fit: the buffers and AdamW's two moments (allocated at the first step).
     """
     n, size = buffer_bytes(model, cfg.diagnostics.scope, 2 * num_tasks)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    optimizer_bytes = 2 * trainable * 4
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer_bytes = 2 * sum(p.numel() * p.element_size() for p in trainable)  # AdamW moments
     free = device_free_bytes(device)
     log(
         f"gradient buffers: scope {cfg.diagnostics.scope}, {2 * num_tasks} groups x "

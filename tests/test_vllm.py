@@ -42,8 +42,7 @@ from taskgrad.policy import (
     warm_start,
 )
 from taskgrad.rollout import Rollout, generate
-from taskgrad.tasks import Sample
-from taskgrad.tasks.factory import build_tasks
+from taskgrad.tasks import Sample, build_tasks
 
 LOGP_TOL = 1e-4
 MAX_NEW = 12

@@ -1,0 +1,61 @@
+"""Presets say only what the code does: one process, group buffers that fit the device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from taskgrad import trainer as trainer_module
+from taskgrad.architectures import ARCHITECTURES, build
+from taskgrad.config import ConfigError, load_config, preset_names
+from taskgrad.trainer import buffer_bytes, setup
+
+GPU_BYTES = 80 * 10**9  # the 80 GB GPUs the presets are written for
+
+
+@pytest.mark.parametrize("preset", [p for p in preset_names() if p not in ("default", "math3")])
+def test_real_model_presets_fit_an_80_gb_gpu(preset):
+    """Weights, gradients, AdamW state and the group buffers of the preset's scope, computed on
+    the real architecture (built on the meta device: shapes only)."""
+    cfg = load_config(preset)
+    model = build(cfg.model.name_or_path)
+    k = len(cfg.tasks)
+    _, buffers = buffer_bytes(model, cfg.diagnostics.scope, 2 * k)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())  # bf16
+    assert 4 * params + buffers < 0.9 * GPU_BYTES, (preset, params, buffers)
+    if cfg.diagnostics.scope != "full":  # and the full scope would not have fit
+        _, full = buffer_bytes(model, "full", 2 * k)
+        assert 4 * params + full > GPU_BYTES
+    assert cfg.model.name_or_path in ARCHITECTURES
+
+
+def test_multi_process_launch_stops_with_one_line(monkeypatch, tmp_path):
+    import accelerate
+
+    monkeypatch.setattr(accelerate.Accelerator, "num_processes", property(lambda self: 2))
+    cfg = load_config(None, ["model=unused", f"runs_root={tmp_path}"])
+    with pytest.raises(ConfigError, match="2 processes were launched") as info:
+        setup(cfg, tmp_path / "run", resume=False)
+    assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
+
+
+def test_buffers_that_cannot_fit_stop_before_training(monkeypatch, tmp_path, tokenizer):
+    from taskgrad.config import TinyModelConfig
+    from taskgrad.policy import build_tiny_model
+
+    path = tmp_path / "model"
+    tiny = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                           intermediate_size=64)  # fmt: skip
+    build_tiny_model(tokenizer, tiny, seed=0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    monkeypatch.setattr(trainer_module, "device_free_bytes", lambda device: 10_000)
+    cfg = load_config(None, [f"model={path}", f"runs_root={tmp_path}", "progress=false"])
+    with pytest.raises(ConfigError, match=r"diagnostics\.scope: the group buffers need .* GiB"):
+        setup(cfg, tmp_path / "run", resume=False)
+    cfg = load_config(None, [f"model={path}", "diagnostics.enabled=false", "progress=false"])
+    assert setup(cfg, tmp_path / "run2", resume=False).groups is None  # no buffers, no check
+
+
+def test_buffer_bytes_by_hand():
+    model = torch.nn.Linear(3, 2)  # 6 + 2 parameters, float32
+    assert buffer_bytes(model, "full", 4) == (8, 8 * 4 * 4)
