@@ -193,6 +193,9 @@ def test_planted_score_term_is_recovered_by_the_decomposition(tmp_path):
     assert table.normalisation.tolist() == pytest.approx(1 / length)
     shares = explain.log_variance_shares(table)
     assert sum(shares.values()) == pytest.approx(1)
+    # the contribution w_k^2 u_k, w_k the logged batch share (synthetic: length / sum of lengths)
+    w = length / length.sum()
+    assert table.contribution.tolist() == pytest.approx((w**2 * u).tolist())
 
 
 def test_null_and_negative_values_are_tolerated(tmp_path):

@@ -39,7 +39,7 @@ task k's own gradient is g_k = sum_i sum_t c_it A_i grad log pi(o_it). Writing c
 and S_k what remains, the score term u_k / (|A|_k^2 lambda_k^2). On task means (over seeds and
 steps) ln u = 2 ln|A| + 2 ln lambda + ln S exactly, so the across-task variance of ln u splits
 into shares Cov(ln u, factor) / Var(ln u) that sum to 1. The task's part of the mixed update is
-w_k g_k (w_k = ``task_weight``, its share of the batch objective); w_k^2 u_k is its
+w_k g_k (w_k = ``batch_share``, its share of the batch objective); w_k^2 u_k is its
 *contribution*. Under token_mean w_k grows with length, so length cancels in the contribution.
 """
 
@@ -319,7 +319,7 @@ def decomposition(group: Group) -> pd.DataFrame:
         cols: dict[str, list] = {k: [] for k in ("adv", "len", "w", "u", "wu")}
         for run in group.runs:
             u = run.column(sq_key(run).format(task=task))
-            w = run.column(sq_key(run, "task_weight").format(task=task))
+            w = run.column(M.task_key(task, "batch_share"))
             steps = u.index[u.notna() & (u.index > 0)]
             cols["u"] += list(u[steps])
             adv = run.column(M.task_key(task, "abs_advantage"))
@@ -334,7 +334,7 @@ def decomposition(group: Group) -> pd.DataFrame:
             "abs_advantage": m["adv"],
             "response_length": m["len"],
             "normalisation": lam,
-            "task_weight": m["w"],
+            "batch_share": m["w"],
             "sqnorm": m["u"],
             "score": score,
             "contribution": m["wu"],

@@ -299,7 +299,7 @@ def section_length(doc: Document, items: list[GroupAnalysis], pal: F.Palette) ->
                     fmt(r.abs_advantage),
                     fmt(r.response_length, 1),
                     fmt(r.normalisation, 3),
-                    fmt(r.task_weight),
+                    fmt(r.batch_share),
                     fmt(r.sqnorm, 3),
                     fmt(r.score, 3),
                     fmt(r.contribution, 3),
