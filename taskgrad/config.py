@@ -102,8 +102,12 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 25  # held-out evaluation every N steps (and at start and end); 0 disables
-    size: int = 64  # held-out prompts per task
+    # held-out evaluation: null = at the start, the middle and the end; N = every N steps (and at
+    # start and end); 0 = never
+    every: int | None = None
+    # held-out prompts per task, one fixed set for every seed; a task whose prompt space is small
+    # holds out at most half of it (tasks/base.py)
+    size: int = 512
     max_new_tokens: int | None = None  # default: rollout.max_new_tokens
 
 
@@ -117,11 +121,27 @@ class DiagnosticsConfig:
     breakdown: bool = True  # also per layer and per module kind, from the same buffers
     optimizer_geometry: bool = True  # shares of the applied AdamW update per task
     gain_window: int = 10  # s of the paper's windowed learning gain, in steps
+    # steps per window of the noise-aware estimators: strategies read window means (TaskWindow)
+    # and reports aggregate per-step estimates over windows before any ratio (analysis/windows.py)
+    window: int = 10
+    # AdamW's first moment split by task (applied_share; K extra buffers of the scope's size):
+    # null = on when every step is measured (every=1), true = on (needs every=1), false = off
+    task_momentum: bool | None = None
+    # every N steps (0: never), also measure the gradients on a dedicated, larger batch of
+    # measure_prompts prompts per task (no update); logged under the scope measure_<scope>
+    measure_every: int = 0
+    measure_prompts: int = 32
     probe_every: int = 10  # paired probe evaluation every N steps; 0 disables
     probe_size: int = 32  # probe prompts per task (the first ones of its held-out set)
     probe_samples: int = 4  # sampled completions per probe prompt, with fixed seeds
     one_step_at: list[int] = field(default_factory=list)  # steps with a one-step probe gain
     transfer_at: list[int] = field(default_factory=list)  # steps with a K x K transfer matrix
+
+    def momentum_on(self) -> bool:
+        """Whether the per-task AdamW moments are kept (see task_momentum)."""
+        if self.task_momentum is None:
+            return self.enabled and self.every == 1
+        return self.task_momentum
 
 
 @dataclass
@@ -277,13 +297,22 @@ def validate(cfg: Config) -> Config:
                 "balance.strategy: a balancing strategy needs the group gradients of every step: "
                 "diagnostics.enabled=true, diagnostics.every=1, diagnostics.scope=full"
             )
+    d = cfg.diagnostics
+    need(d.window >= 2, "diagnostics.window", f"at least 2 steps, got {d.window}")
+    need(
+        d.task_momentum is not True or (d.enabled and d.every == 1),
+        "diagnostics.task_momentum",
+        "diagnostics.enabled=true and diagnostics.every=1 (every update must be captured)",
+    )
+    need(d.measure_every >= 0, "diagnostics.measure_every", f">= 0, got {d.measure_every}")
+    need(d.measure_prompts >= 2, "diagnostics.measure_prompts", f">= 2, got {d.measure_prompts}")
     need(
         cfg.grpo.dual_clip is None or cfg.grpo.dual_clip > 1,
         "grpo.dual_clip",
         f"a number > 1 or null, got {cfg.grpo.dual_clip!r}",
     )
-    if cfg.eval.every < 0:
-        raise ConfigError(f"eval.every: must be >= 0, got {cfg.eval.every!r}")
+    if cfg.eval.every is not None and cfg.eval.every < 0:
+        raise ConfigError(f"eval.every: must be >= 0 or null, got {cfg.eval.every!r}")
     return cfg
 
 

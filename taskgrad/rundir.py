@@ -4,6 +4,8 @@ runs/<name>/
   config.yaml        the resolved config (re-runnable with `taskgrad train --config`)
   versions.json      python, torch, transformers, accelerate, taskgrad, device, model path
   metrics.jsonl      one JSON record per step (step 0: initial evaluation), flat keys
+  evals.jsonl        per evaluation and task, each held-out prompt's outcome (1 correct, 0 not):
+                     {"step": 75, "task": "code", "correct": "0110..."}, prompts in eval_set order
   summary.json       final numbers (written when the run finishes)
   checkpoints/step_000040/   model + tokenizer (save_pretrained) and trainer.pt
 """
@@ -32,6 +34,7 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.metrics_path = self.path / "metrics.jsonl"
+        self.evals_path = self.path / "evals.jsonl"
 
     # -- creation / resume ---------------------------------------------------------------------
     @classmethod
@@ -76,6 +79,15 @@ class RunDir:
         line = json.dumps({k: clean(v) for k, v in record.items()})
         with self.metrics_path.open("a") as f:
             f.write(line + "\n")
+
+    def log_eval(self, step: int, outcomes: dict[str, list[int]]) -> None:
+        """Per-prompt held-out outcomes of one evaluation, a line per task."""
+        lines = [
+            json.dumps({"step": step, "task": t, "correct": "".join(map(str, o))})
+            for t, o in outcomes.items()
+        ]
+        with self.evals_path.open("a") as f:
+            f.write("".join(line + "\n" for line in lines))
 
     def records(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():

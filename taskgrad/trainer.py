@@ -21,6 +21,7 @@ import torch
 
 from taskgrad.balancing import STRATEGIES, Strategy
 from taskgrad.config import Config, ConfigError
+from taskgrad.diagnostics.gradient import TaskMomentum
 from taskgrad.diagnostics.probe import Prober, ProbeRewards
 from taskgrad.gradients import GroupGradients, scope_names
 from taskgrad.policy import load_policy, resolve_model_path
@@ -28,7 +29,7 @@ from taskgrad.registry import parse_options
 from taskgrad.rundir import RunDir
 from taskgrad.tasks import Task, build_tasks
 
-CHECKPOINT_SCHEMA = 2  # 1: before the step records (it also held the last task weights)
+CHECKPOINT_SCHEMA = 3  # 1: before the step records; 2: before windows and task momenta
 
 
 @dataclass
@@ -51,6 +52,9 @@ class Trainer:
     sampling: torch.Tensor | None = None  # [K] next batch's task probabilities (a strategy's)
     history: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     probe_last: ProbeRewards = field(default_factory=dict)  # the last probe's rewards
+    # the last diagnostics.window measured steps of the TaskWindow statistics: name -> rows [K]
+    windows: dict[str, list[list[float]]] = field(default_factory=dict)
+    momentum: TaskMomentum | None = None  # AdamW's first moment split by task
 
     @property
     def task_names(self) -> list[str]:
@@ -72,6 +76,8 @@ class Trainer:
             "probe_last": self.probe_last,
             "strategy": self.strategy.state_dict(),
             "sampling": self.sampling,
+            "windows": copy.deepcopy(self.windows),
+            "momentum": self.momentum.state_dict() if self.momentum is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -81,6 +87,12 @@ class Trainer:
         self.probe_last = state.get("probe_last", {})
         self.strategy.load_state_dict(state.get("strategy", {}))
         self.sampling = state.get("sampling")
+        self.windows = copy.deepcopy(state.get("windows", {}))
+        if self.momentum is not None:
+            if state.get("momentum") is None:  # a checkpoint from before: the split is unknown
+                self.momentum.valid = False
+            else:
+                self.momentum.load_state_dict(state["momentum"])
         self.step = state["step"]
 
 
@@ -158,11 +170,14 @@ def setup(cfg: Config, run_dir: Path | None, resume: bool) -> Trainer:
         groups = GroupGradients(unwrapped, cfg.diagnostics.scope, num_groups=2 * len(tasks))
     cls = STRATEGIES.get(cfg.balance.strategy)
     options = parse_options(cls, cfg.balance.options, "balance.options", num_tasks=len(tasks))
+    momentum = None
+    if groups is not None and cfg.diagnostics.momentum_on():
+        momentum = TaskMomentum(groups, len(tasks), cfg.optim.betas[0])
     trainer = Trainer(
         cfg=cfg, run=run, accelerator=accelerator, model=model, tokenizer=tokenizer,
         ref_model=ref_model, tasks=tasks, optimizer=optimizer, scheduler=scheduler,
         groups=groups, strategy=cls(len(tasks), options),
-        prober=Prober(unwrapped, tokenizer, tasks, cfg),
+        prober=Prober(unwrapped, tokenizer, tasks, cfg), momentum=momentum,
     )  # fmt: skip
     if resume:
         state = torch.load(ckpts[-1] / "trainer.pt", map_location="cpu", weights_only=False)
@@ -204,12 +219,13 @@ def check_buffer_fits(model, cfg: Config, num_tasks: int, device, log) -> None:
 
     What must still fit: the buffers and AdamW's two moments (allocated at the first step).
     """
-    n, size = buffer_bytes(model, cfg.diagnostics.scope, 2 * num_tasks)
+    groups = 2 * num_tasks + (num_tasks if cfg.diagnostics.momentum_on() else 0)
+    n, size = buffer_bytes(model, cfg.diagnostics.scope, groups)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer_bytes = 2 * sum(p.numel() * p.element_size() for p in trainable)  # AdamW moments
     free = device_free_bytes(device)
     log(
-        f"gradient buffers: scope {cfg.diagnostics.scope}, {2 * num_tasks} groups x "
+        f"gradient buffers: scope {cfg.diagnostics.scope}, {groups} rows x "
         f"{n / 1e6:.2f}M parameters = {size / 2**30:.3f} GiB on {device}"
     )
     if size + optimizer_bytes > free:

@@ -344,3 +344,32 @@ def test_gain_aware_puts_effort_where_gain_is():
 def test_invalid_options_fail_with_a_value_error(name, options):
     with pytest.raises(ValueError, match=r"balance\.options"):
         STRATEGIES.get(name)(2, **options)
+
+
+def test_equal_task_weighs_each_tasks_objective_once():
+    # shares s = [0.3, 0.7]: a = [1/2, 1/2] -> w = a / s * S = [1.667, 0.714]; the update
+    # sum_k w_k G_k = sum_k w_k s_k g_k = (g_0 + g_1) / 2
+    shares = torch.tensor([[0.1, 0.2], [0.3, 0.4]], dtype=torch.float64)
+    s = exact([[1.0, 0, 0, 0], [0, 1.0, 0, 0]], shares=shares)
+    w = weights_of("equal_task", s)
+    assert w.tolist() == pytest.approx([0.5 / 0.3, 0.5 / 0.7])
+    assert (w * shares.sum(1)).tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_objective_scale_by_hand():
+    """kappa_k: (1 - 1/G) * mean advantage scale * lambda_k (batch.objective_scale)."""
+    from taskgrad.batch import make_batch, objective_scale
+    from tests.fakes import fake_rollout
+
+    rollout = fake_rollout([1, 1], group_size=4, new_tokens=5)
+    rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0])
+    # constant aggregation, no scaling: kappa = (1 - 1/4) / L_const = 0.75 / 5
+    batch = make_batch(rollout, rewards, 2, loss_agg="constant", loss_constant=5,
+                       scale_rewards=False)  # fmt: skip
+    assert objective_scale(batch, 0) == pytest.approx(0.75 / 5)
+    # token_mean, population std of [1, 0, 0, 0] = sqrt(3)/4: kappa = .75 / (std + 1e-4) / len
+    batch = make_batch(rollout, rewards, 2, loss_agg="token_mean", loss_constant=5,
+                       scale_rewards=True)  # fmt: skip
+    lengths = rollout.response_mask[:4].sum(1)
+    expected = 0.75 / (3**0.5 / 4 + 1e-4) / float(lengths.mean())
+    assert objective_scale(batch, 0) == pytest.approx(expected, rel=1e-6)

@@ -103,7 +103,13 @@ def test_cli_default_tasks_smoke(tmp_path, cache):
     for task in cfg["tasks"]:
         name = task["name"]
         assert 0.0 <= recs[1][f"task/{name}/reward"] <= 1.0
-        for key in ("sqnorm_unbiased", "sqnorm_naive", "update_share", "adam_share"):
+        for key in (
+            "sqnorm_unbiased",
+            "sqnorm_naive",
+            "update_share",
+            "applied_share",
+            "precond_share",
+        ):
             assert f"grad/full/{name}/{key}" in recs[1]
         assert f"eval/{name}/accuracy" in recs[0] and f"eval/{name}/accuracy" in recs[4]
         assert f"gain/{name}/probe" in recs[2] and f"gain/{name}/one_step" in recs[3]

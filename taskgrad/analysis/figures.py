@@ -317,7 +317,8 @@ def probe_panel(ax, g: Group, pal: Palette) -> None:
 
 SHARES = (
     ("update_share", "share of the raw gradient"),
-    ("adam_share", "share in AdamW's geometry"),
+    ("applied_share", "share of the applied AdamW step"),
+    ("precond_share", "share of the preconditioned fresh gradient"),
     ("step_share", "share of the applied step"),
 )
 
@@ -331,7 +332,7 @@ def fig_imbalance(items: list[GroupAnalysis], pal: Palette) -> Fig:
     fig, axes = grid(len(items), 1 + len(cols))
     for row, a in zip(axes, items, strict=True):
         g = a.group
-        for geometry, color in (("", "black"), ("adam_", "#888888")):
+        for geometry, color in (("", "black"), ("precond_", "#888888")):
             frame = pd.concat([measures.imbalance_series(r, geometry) for r in g.runs], axis=1)
             if frame.notna().any().any():
                 band_line(row[0], frame, color, log=True)
@@ -360,8 +361,10 @@ def fig_imbalance(items: list[GroupAnalysis], pal: Palette) -> Fig:
         "Left: imbalance, the largest over the smallest positive unbiased squared norm of the "
         "step (log scale), for the gradients and in AdamW's preconditioned geometry. Other panels: "
         "each task's share of the update, <G_k, g> / ||g||^2 for the raw gradient, the same with "
-        "AdamW's preconditioner (adam_share), and its share of the first-order loss decrease of "
-        "the step actually applied (step_share); shares sum to 1 and can be negative. "
+        "AdamW's preconditioner on the fresh gradient (precond_share), its share of the applied "
+        "AdamW step through per-task first moments (applied_share), and its share of the "
+        "first-order loss decrease of the step actually applied (step_share); shares sum to 1 "
+        "(with weight decay's part for applied_share) and can be negative. "
         + seeds_note([a.group for a in items])
     )
     return Fig("imbalance", fig, caption)

@@ -30,11 +30,11 @@ from taskgrad.analysis.stats import Z95, mean_ci, nanmedian, spearman
 
 
 def imbalance_series(run: Run, geometry: str = "") -> pd.Series:
-    """Per-step imbalance (``adam_`` geometry optional); recomputed where not logged."""
+    """Per-step imbalance (``precond_`` geometry optional); recomputed where not logged."""
     key = M.grad_scope_key(scope(run), f"{geometry}imbalance")
     if run.has(key):
         return run.column(key)[run.metrics.index > 0]
-    stat = "adam_sqnorm_unbiased" if geometry else "sqnorm_unbiased"
+    stat = "precond_sqnorm" if geometry else "sqnorm_unbiased"
     u = run.task_frame(sq_key(run, stat))
     pos = u.where(u > 0)
     ratio = pos.max(axis=1) / pos.min(axis=1)
@@ -58,7 +58,7 @@ class Imbalance:
 
 def imbalance(group: Group) -> Imbalance:
     per_seed = [nanmedian(imbalance_series(r)) for r in group.runs]
-    adam = [nanmedian(imbalance_series(r, "adam_")) for r in group.runs]
+    adam = [nanmedian(imbalance_series(r, "precond_")) for r in group.runs]
     frames = [r.task_frame(sq_key(r)) for r in group.runs]
     means = pd.concat(frames).mean() if frames else pd.Series(dtype=float)
     pos = means[means > 0]

@@ -92,27 +92,33 @@ class Task(ABC):
         return sample.answer
 
     def eval_set(self) -> list[Sample]:
-        """The fixed held-out set: ``eval_size`` distinct prompts from a seed of its own."""
+        """The fixed held-out set: up to ``eval_size`` distinct prompts, the same for every seed.
+
+        Drawn from a seed of the task's own (its name), so runs with different seeds are scored
+        on the same prompts and their differences pair. The set never takes more than half of a
+        small prompt space: where ``40 * eval_size`` draws find hardly any new prompt in their
+        last quarter (under 1%), the space counts as exhausted and the held-out set is capped at
+        half the distinct prompts seen, leaving the rest to train on.
+        """
         if self._eval is None:
-            rng = random.Random(_stable_seed(self.name, self.seed, "eval"))
-            out: list[Sample] = []
-            seen: set[str] = set()
-            for _ in range(self.eval_size * 100):
-                if len(out) == self.eval_size:
-                    break
-                s = self.generate(rng)
-                if s.prompt not in seen:
-                    seen.add(s.prompt)
-                    out.append(s)
-            self._eval, self._eval_prompts = out, seen
+            rng = random.Random(_stable_seed(self.name, "eval"))
+            draws = [self.generate(rng) for _ in range(40 * self.eval_size)]
+            distinct = list({s.prompt: s for s in draws}.values())  # first draw of each prompt
+            late = {s.prompt for s in draws[: 3 * len(draws) // 4]}
+            new_late = sum(1 for s in distinct if s.prompt not in late)
+            size = self.eval_size
+            if new_late < 0.01 * (len(draws) // 4):  # the space is (nearly) exhausted
+                size = min(size, len(distinct) // 2)
+            self._eval = distinct[:size]
+            self._eval_prompts = {s.prompt for s in self._eval}
         return self._eval
 
     def sample(self, rng: random.Random) -> Sample:
         """A training sample that is never one of the held-out prompts."""
-        held_out = {s.prompt for s in self.eval_set()}
+        self.eval_set()
         for _ in range(1000):
             s = self.generate(rng)
-            if s.prompt not in held_out:
+            if s.prompt not in self._eval_prompts:
                 return s
         raise RuntimeError(f"task {self.name!r}: could not draw a prompt outside the eval set")
 

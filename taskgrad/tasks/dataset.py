@@ -136,9 +136,10 @@ class Dataset(Task):
         return Sample(self.name, prompt, str(answer), meta)
 
     def _split(self, samples: list[Sample], eval_fraction: float | None) -> None:
-        """Held-out prompts from a seeded shuffle of the distinct prompts; the rest train."""
+        """Held-out prompts from a shuffle of the distinct prompts seeded by the task's name alone
+        (the same split for every run seed); the rest train."""
         prompts = list(dict.fromkeys(s.prompt for s in samples))
-        random.Random(_stable_seed(self.name, self.seed, "split")).shuffle(prompts)
+        random.Random(_stable_seed(self.name, "split")).shuffle(prompts)
         wanted = (
             round(eval_fraction * len(prompts)) if eval_fraction is not None else self.eval_size
         )
