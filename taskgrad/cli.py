@@ -101,6 +101,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    for name in ("length_seeds", "ablation_seeds"):  # default: as many as --seeds (paired)
+        if getattr(args, name) is None:
+            setattr(args, name, args.seeds)
     for name, least in (("seeds", 1), ("length_seeds", 0), ("ablation_seeds", 0)):
         if getattr(args, name) < least:
             flag = name.replace("_", "-")
@@ -186,12 +189,13 @@ def add_report_parsers(sub) -> None:
     )
     p_repro.add_argument("--seeds", type=int, default=3, help="seeds per mixture (default 3)")
     p_repro.add_argument(
-        "--length-seeds", type=int, default=1,
-        help="seeds per other loss aggregation (seq_mean, constant; default 1; 0 skips)",
+        "--length-seeds", type=int, default=None,
+        help="seeds per other loss aggregation (seq_mean, constant; default: --seeds; 0 skips)",
     )  # fmt: skip
     p_repro.add_argument(
-        "--ablation-seeds", type=int, default=1,
-        help="seeds of gradient-proportional sampling, when the config supports it (0 skips)",
+        "--ablation-seeds", type=int, default=None,
+        help="seeds of gradient-proportional sampling, paired with the default mix's "
+        "(default: --seeds; claim (g) needs 3; 0 skips)",
     )  # fmt: skip
     p_repro.add_argument(
         "--out", default="runs/reproduce",

@@ -72,9 +72,10 @@ def step_record(
     rec[M.grad_scope_key("full", "precond_imbalance")] = _imbalance([2 * v for v in us])
     for a in range(len(tasks)):
         for b in range(a + 1, len(tasks)):
-            rec[M.cos_key("full", tasks[a], tasks[b])] = (
-                0.1 * (a - b) + 0.05 * rng.standard_normal()
-            )
+            cos = 0.1 * (a - b) + 0.05 * rng.standard_normal()
+            rec[M.cos_key("full", tasks[a], tasks[b])] = cos
+            planted = arrays.get("cos", {}).get((a, b), cos)
+            rec[M.inner_key("full", tasks[a], tasks[b])] = planted * math.sqrt(abs(us[a] * us[b]))
     return rec
 
 
