@@ -294,13 +294,13 @@ class Family:
         """One sentence: the family and its model."""
         if self.df < 1:
             return (
-                f"{self.endpoint}: {len(self.contrasts)} contrast(s), no residual degrees of "
-                "freedom (one seed): no intervals."
+                f"{len(self.contrasts)} contrast(s), no residual degrees of freedom (one seed): "
+                "no intervals."
             )
         return (
-            f"{self.endpoint}: a family of {len(self.contrasts)} contrast(s); {self.strategies} "
-            f"strategies x {self.seeds} seeds, pooled residual SD {100 * self.residual_sd:.2f} "
-            f"points on {self.df} df; Dunnett's critical value {self.critical:.3f} for "
+            f"{len(self.contrasts)} contrast(s) in the family; {self.strategies} strategies x "
+            f"{self.seeds} seeds, pooled residual SD {100 * self.residual_sd:.2f} points on "
+            f"{self.df} df; Dunnett's critical value {self.critical:.3f} for "
             f"{100 * (1 - self.alpha):.0f}% simultaneous intervals; MDE at "
             f"{100 * self.power:.0f}% power."
         )
