@@ -37,9 +37,9 @@ does not handle (it returns a wrong probability): R is then replaced by
 family (valid under any dependence; ignores the correlation).
 
 **MDE** of a contrast: (c + t_{power, df}) SE, the true difference whose simultaneous interval
-excludes 0 with probability ~power (normal approximation to the noncentral t: at df = 35 the
-exact power at the MDE is 79.7%, at df = 4 78.6%). SE uses the estimated s, so the printed MDE
-is itself an estimate.
+excludes 0 with probability ~power (it treats the noncentral t as a shifted t: for c = 2.7 on
+35 df the exact power at the MDE is 79.7%, for c = 3.0 on 4 df 78.6%). SE uses the estimated s,
+so the printed MDE is itself an estimate.
 
 **Verdict** (three outcomes): better if the simultaneous interval lies above 0, worse if below,
 otherwise undetermined (within MDE): then |est| < c SE < MDE.
@@ -67,6 +67,14 @@ shrinks). Evaluation noise is prompt + outcome; seed noise is the seed part. Its
 D +- t(0.975, n - 1) sqrt(Var), is the prompts-and-seeds interval that keeps its nominal coverage
 in those simulations. The bootstrap and the split are per contrast (no multiplicity adjustment)
 and give no verdicts.
+
+**Measured** (tests/test_comparison.py, fixed seeds). 8 strategies x 6 seeds, 13 contrasts
+against two controls, 500 replicates at a planted null: family-wise error 0.052 (Dunnett), 0.032
+(Holm), 0.328 (unadjusted), MC SE 0.010. A planted difference of 1x / 1.5x the MDE was declared
+better in 78.2% / 100% of 500 replicates. Prompts and seeds drawn afresh (300 replicates, 2 tasks
+x 120 prompts): crossed-bootstrap coverage of the 95% interval 99.3% (6 seeds, outcome flips
+dominate), 95.3% (6 seeds, mixed), 84.7% (3 seeds, seed shifts dominate); the variance split's
+t-interval 95.7%, 96.0%, 96.0%.
 """
 
 from __future__ import annotations
