@@ -210,9 +210,10 @@ def add_compare_parser(sub) -> None:
     )
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. steps=60")
     p.add_argument(
-        "--strategies", default="uniform,static,equal_norm,mt_grpo,gain_aware",
+        "--strategies", default="uniform,static,equal_task,equal_norm,mt_grpo,gain_aware",
         help="comma-separated registered strategies (the baseline is added if missing); static is "
-        "tuned by a sweep first unless --static-weights is given",
+        "tuned by a sweep first unless --static-weights is given; equal_task (the Gram methods' "
+        "base mix) separates a method from its base mix",
     )  # fmt: skip
     p.add_argument("--baseline", default="uniform", help="the strategy differences are paired to")
     p.add_argument("--seeds", type=int, default=3, help="seeds per strategy (default 3)")
@@ -224,8 +225,9 @@ def add_compare_parser(sub) -> None:
         help="weights of static, comma-separated (default: tuned by a sweep, see tune_static.md)",
     )
     p.add_argument(
-        "--tune-seeds", type=int, default=1, help="tuning seeds per weighting of the static sweep"
-    )
+        "--tune-seeds", type=int, default=3,
+        help="tuning seeds per weighting of the static sweep (default 3: an interval over them)",
+    )  # fmt: skip
     p.add_argument(
         "--diagnostics", action="store_true",
         help="also write the full per-configuration report into <out>/diagnostics",

@@ -243,7 +243,8 @@ def test_cli_compare_in_worker_processes_then_reuses(tmp_path, cache):
         assert "[" in (tmp_path / "runs" / f"{name}.log").read_text()  # its own log
     table = (tmp_path / "compare.md").read_text()
     assert "`static` weights: [2, 1] (given)." in table
-    assert [ln.split(" | ")[0] for ln in table.splitlines() if ln.startswith("| ") and
+    strategies = table.split("## Strategies")[1].split("\n## ")[0]
+    assert [ln.split(" | ")[0] for ln in strategies.splitlines() if ln.startswith("| ") and
             not ln.startswith("| strategy")] == ["| uniform", "| static"]  # fmt: skip
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "reusing 2 finished run(s)" in again.stdout

@@ -1,8 +1,8 @@
 """Run directories as data: load them, group runs of one configuration, label what differs.
 
 A run directory holds ``config.yaml``, ``metrics.jsonl`` (one flat record per step; ``null`` where
-a metric is undefined), ``summary.json`` and ``versions.json`` (see taskgrad/rundir.py). Reports
-read nothing else.
+a metric is undefined), ``evals.jsonl`` (each held-out prompt's outcome per evaluation),
+``summary.json`` and ``versions.json`` (see taskgrad/rundir.py). Reports read nothing else.
 
 Runs whose configs are identical apart from the keys in ``PLUMBING`` (seed, names, paths,
 checkpointing, progress bar) form one ``Group``: its seeds are aggregated. Groups are labelled by
@@ -48,6 +48,24 @@ def read_metrics(path: Path) -> pd.DataFrame:
     frame["step"] = frame["step"].astype(int)
     frame = frame.drop_duplicates("step", keep="last").set_index("step").sort_index()
     return frame
+
+
+def read_evals(path: Path) -> dict[int, dict[str, np.ndarray]]:
+    """evals.jsonl as step -> task -> per-prompt outcomes [n_prompts] (uint8, 1 correct, in the
+    task's eval_set order); {} if the file is absent. A resumed run can repeat a (step, task)
+    line: the last one wins, as in metrics.jsonl."""
+    out: dict[int, dict[str, np.ndarray]] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        bits = np.frombuffer(rec["correct"].encode("ascii"), dtype=np.uint8) - ord("0")
+        if bits.size and bits.max() > 1:
+            raise ValueError(f"{path}: step {rec['step']} {rec['task']}: outcomes must be 0/1")
+        out.setdefault(int(rec["step"]), {})[rec["task"]] = bits
+    return dict(sorted(out.items()))
 
 
 @dataclass
@@ -97,6 +115,11 @@ class Run:
         every task was evaluated, columns the tasks."""
         frame = self.task_frame(M.eval_key("{task}"), steps="all")
         return frame.dropna(how="any")
+
+    def outcomes(self) -> dict[int, dict[str, np.ndarray]]:
+        """Per-prompt held-out outcomes, step -> task -> [n_prompts] (read from evals.jsonl on
+        each call; {} for runs written before it existed)."""
+        return read_evals(self.path / "evals.jsonl")
 
     def task_frame(self, pattern: str, steps: str = "train") -> pd.DataFrame:
         """Columns = tasks, from keys ``pattern.format(task=...)``; rows = steps.
