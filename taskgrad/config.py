@@ -108,6 +108,9 @@ class EvalConfig:
     # held-out prompts per task, one fixed set for every seed; a task whose prompt space is small
     # holds out at most half of it (tasks/base.py)
     size: int = 512
+    # which held-out set: "test" (what comparisons are scored on) or "tune", a disjoint one that
+    # tuning runs use, so that a tuned baseline never sees the test prompts
+    split: Literal["test", "tune"] = "test"
     max_new_tokens: int | None = None  # default: rollout.max_new_tokens
 
 

@@ -139,7 +139,9 @@ def setup(cfg: Config, run_dir: Path | None, resume: bool) -> Trainer:
         raise RuntimeError("device: cuda was asked for but no CUDA device is visible")
     set_seed(cfg.seed)
     random.seed(cfg.seed)
-    tasks = build_tasks(cfg.tasks, eval_size=cfg.eval.size, seed=cfg.seed)
+    tasks = build_tasks(
+        cfg.tasks, eval_size=cfg.eval.size, seed=cfg.seed, eval_split=cfg.eval.split
+    )
     log = accelerator.print
     model_path = resolve_model_path(cfg.model, cfg.tasks, tasks, log=log)
 

@@ -100,7 +100,7 @@ def test_tuned_static_is_the_best_of_the_sweep_and_is_compared(tmp_path):
         for seed in range(TUNE_SEED, TUNE_SEED + 3):
             lift = {3: 0.1, 1: 0.05}.get(i, 0.0) + noise[seed] * (1 if i % 2 else -1)
             planted(out / "tune" / "runs" / f"static{i}-s{seed}", "static", seed, lift,
-                    (weights_arg(weights),))  # fmt: skip
+                    (weights_arg(weights), "eval.split=tune"))  # fmt: skip
     for seed in (0, 1):
         planted(out / "runs" / f"uniform-s{seed}", "uniform", seed, 0.0)
         planted(out / "runs" / f"static-s{seed}", "static", seed, 0.02, (weights_arg(grid[3]),))

@@ -332,3 +332,13 @@ def test_expression_parsing_of_model_output_is_silent() -> None:
         with pytest.raises(ExpressionError):  # a conditional expression is not arithmetic
             evaluate("1if 2 else 3+4")
     assert [str(w.message) for w in caught] == []
+
+
+def test_the_tune_set_is_disjoint_from_the_test_set_and_seed_independent(task: Task) -> None:
+    kwargs = _options(task)
+    test = {s.prompt for s in type(task)(**kwargs, eval_size=16).eval_set()}
+    tune = type(task)(**kwargs, eval_size=16, eval_split="tune")
+    tuned = {s.prompt for s in tune.eval_set()}
+    assert tuned and not tuned & test
+    again = type(task)(**kwargs, eval_size=16, eval_split="tune", seed=5)
+    assert {s.prompt for s in again.eval_set()} == tuned

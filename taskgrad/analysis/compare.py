@@ -15,7 +15,8 @@ Per strategy, over seeds (mean and a 95% t-interval across that strategy's seeds
     AUC                      area under the mean-accuracy curve over evaluations / steps
     steps to target          first evaluated step whose worst-task accuracy >= target
                              (runs that never reach it count as not reached, shown as n/N)
-    imbalance                median over steps of the largest/smallest unbiased squared norm
+    imbalance                the run's pooled imbalance (windows.py: sums over steps first, the
+                             ratio of the tasks with detectable signal after)
                              (geometric mean over seeds, t-interval of the logs)
 
 The differences (comparison.py has the model and every approximation): per endpoint, final mean
@@ -35,9 +36,9 @@ tuning seeds disjoint from the comparison's (``TUNE_SEED`` on, 3 by default). Ea
 tuning score is (final mean + final worst-task accuracy) / 2 (worst task as above), with a
 t-interval over tuning seeds and its difference to the uniform mix, Dunnett-simultaneous over
 the sweep (so the chosen weighting's interval stays valid after picking the best); the highest
-mean score is the weighting compared. Tuning seeds differ from the comparison's but the held-out
-prompts are the same (seed-independent sets): picking on them favours ``static`` slightly, on
-those prompts. ``tune_static.md`` holds the sweep.
+mean score is the weighting compared. Tuning runs are scored on each task's "tune" held-out set
+(``eval.split=tune``), disjoint from the "test" set the comparison is scored on, so the choice
+never sees the test prompts. ``tune_static.md`` holds the sweep.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from taskgrad.analysis.reproduce import Planned, run_all
 from taskgrad.analysis.runs import Run, load_run
 from taskgrad.stats import mean_ci
 
-RESERVED = ("seed", "run_name", "runs_root", "balance.strategy", "balance.options")
+RESERVED = ("eval.split", "seed", "run_name", "runs_root", "balance.strategy", "balance.options")
 TUNE_SEED = 1000  # first tuning seed of the static sweep; comparison seeds are 0..seeds-1
 TUNE_SEEDS = 3  # tuning seeds per weighting: enough for an interval over them
 EQUAL_TASK = "equal_task"  # the base mix of the Gram methods
@@ -128,7 +129,7 @@ def tune_static(
                 f"static sweep: {weights} has {len(weights)} weights, need {num_tasks}"
             )
         for s in range(TUNE_SEED, TUNE_SEED + seeds):
-            extra = ["balance.strategy=static", weights_override(weights)]
+            extra = ["balance.strategy=static", weights_override(weights), "eval.split=tune"]
             extra += [f"seed={s}", f"run_name=static{i}-s{s}"]
             runs.append(Planned(f"static{i}-s{s}", preset, [*(overrides or []), *extra]))
     paths = run_all(runs, out / "tune" / "runs", jobs)
@@ -230,6 +231,18 @@ def final_accuracies(run: Run) -> dict[str, float]:
     return {t: float(v) for t, v in run.heldout().iloc[-1].items()}
 
 
+def run_imbalance(run: Run) -> float:
+    """The pooled window-estimator imbalance of one run (NaN when not measured or undefined)."""
+    from taskgrad.analysis import windows as W
+
+    if not run.has(M.grad_key(W.scope_of(run), run.tasks[0], "sqnorm_unbiased")):
+        return math.nan
+    w = [W.run_windows(run, int(run.cfg("diagnostics.window", W.WINDOW) or W.WINDOW))]
+    keep = W.signal(w, n_boot=200).detectable
+    ratio = W.ratio_of(W.pooled_u(w, W.identity(w)), keep)
+    return ratio if math.isfinite(ratio) else math.nan
+
+
 def score_run(path: Path | Run, target: float) -> RunScore:
     run = path if isinstance(path, Run) else load_run(path)
     evals = run.heldout()  # [n_evals, K]
@@ -242,7 +255,7 @@ def score_run(path: Path | Run, target: float) -> RunScore:
         else float(mean.iloc[0])
     )
     reached = worst[worst >= target]
-    imb = run.column(M.grad_scope_key("full", "imbalance"))
+    imb = run_imbalance(run)
     # completion tokens per step = sum_k prompts_k * G * mean response length_k
     group = float(run.cfg("rollout.group_size", math.nan))
     prompts = run.task_frame(M.task_key("{task}", "prompts"))
@@ -255,7 +268,7 @@ def score_run(path: Path | Run, target: float) -> RunScore:
         final_worst=float(worst.iloc[-1]),
         auc=auc,
         steps_to_target=float(reached.index[0]) if len(reached) else math.nan,
-        imbalance=float(imb.median()) if imb.notna().any() else math.nan,
+        imbalance=imb,
         tokens_per_step=float(tokens.sum(axis=1, min_count=1).mean() * group),
         minutes=float(step_time.sum() / 60) if step_time.notna().any() else math.nan,
         final_tasks=final_accuracies(run),
@@ -353,7 +366,7 @@ def summary_rows(scores: list[RunScore], target: float) -> tuple[list[str], list
     mean, worst, tasks = endpoint_tables(scores)
     header = [
         "strategy", "seeds", "final mean acc.", "final worst-task acc. (task)", "AUC (mean acc.)",
-        f"steps to worst >= {target:.2f}", "imbalance (median)", "tokens / step",
+        f"steps to worst >= {target:.2f}", "imbalance (pooled)", "tokens / step",
         "train min / run",
     ]  # fmt: skip
     rows = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
@@ -170,25 +171,24 @@ def fig_effort(by: Runs, baseline: str, pal: F.Palette) -> F.Fig | None:
 
 
 def fig_imbalance(by: Runs, baseline: str) -> F.Fig | None:
-    key = M.grad_scope_key("full", "imbalance")
-    names = [n for n in by if any(r.has(key) for r in by[n])]
+    from taskgrad.analysis.compare import run_imbalance
+
+    values = {n: [run_imbalance(r) for r in by[n]] for n in by}
+    names = [n for n, v in values.items() if np.isfinite(v).any()]
     if not names:
         return None
     fig, axes = F.grid(1, 1, width=max(6.0, 0.55 * len(names) + 2), height=3.8)
     ax = axes[0][0]
-    data = []
-    for name in names:
-        values = pd.concat([r.column(key) for r in by[name]]).dropna()
-        data.append(values[values > 0].to_numpy())
-    ax.boxplot(data, showfliers=False)
-    ax.set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right")
+    for i, name in enumerate(names):
+        v = np.array(values[name], dtype=float)
+        ax.plot([i] * len(v), v, "o", color="#555555", ms=5)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     F.set_log(ax)
-    F.labels(ax, "", "imbalance (max / min unbiased sq. norm)", "per-step gradient imbalance")
+    F.labels(ax, "", "imbalance (max / min pooled unbiased sq. norm)", "gradient imbalance per run")
     fig.suptitle("Gradient imbalance between tasks under each strategy", fontsize=12)
     caption = (
-        "Per strategy, the distribution over steps and seeds of the ratio of the largest to the "
-        "smallest unbiased squared gradient norm over the full model (raw task gradients, before "
-        "the strategy's weights); box: quartiles, whiskers: 1.5 IQR; steps where a norm is not "
-        "positive are left out."
+        "Per strategy, one point per seed: the run's pooled imbalance, the largest over the "
+        "smallest sum over all measured steps of the unbiased squared gradient norm (raw task "
+        "gradients, before the strategy's weights), among the tasks with detectable signal."
     )
     return F.Fig("compare-imbalance", fig, caption)
