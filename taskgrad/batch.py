@@ -55,12 +55,21 @@ def make_batch(
     loss_constant: int,
     scale_rewards: bool,
     reward_std: str = "population",
+    loss_scale: list[float] | None = None,
 ) -> StepBatch:
-    """Advantages, token weights and shares of a scored rollout (rewards [B*G])."""
+    """Advantages, token weights and shares of a scored rollout (rewards [B*G]).
+
+    ``loss_scale`` [K] multiplies each task's token weights (an environment-side scale, as if the
+    task's loss were that much larger); the shares are of the unscaled weights, so to every
+    estimator the scale is part of the task's gradient, as an intrinsic imbalance would be.
+    """
     advantages = group_advantages(
         rewards, rollout.group_size, scale_rewards, reward_std=reward_std
     )  # [B*G]
     weights = token_weights(rollout.response_mask, loss_agg, loss_constant)  # [B*G, L]
+    if loss_scale is not None and any(x != 1.0 for x in loss_scale):
+        row_scale = torch.tensor(loss_scale, dtype=weights.dtype)[rollout.task_index]  # [B*G]
+        weights = weights * row_scale[:, None]
     shares = group_shares(
         rollout.response_mask, rollout.group_index, 2 * num_tasks, loss_agg, loss_constant
     ).view(num_tasks, 2)

@@ -70,7 +70,7 @@ def _compare(args: argparse.Namespace) -> int:
     out = compare(
         strategies, args.seeds, args.preset, args.out, args.overrides, args.baseline, args.target,
         jobs=args.jobs, static_weights=weights, tune_seeds=args.tune_seeds,
-        diagnostics=args.diagnostics,
+        diagnostics=args.diagnostics, gap=args.gap,
     )  # fmt: skip
     print((out / "compare.md").read_text())
     print(f"report: {out / 'report.html'}")
@@ -227,6 +227,11 @@ def add_compare_parser(sub) -> None:
     p.add_argument(
         "--tune-seeds", type=int, default=3,
         help="tuning seeds per weighting of the static sweep (default 3: an interval over them)",
+    )  # fmt: skip
+    p.add_argument(
+        "--gap", action="store_true",
+        help="stage 0: also train each task alone (same per-task budget, same initial model) and "
+        "report the interference gap (gap.md), with the aims as fractions of it",
     )  # fmt: skip
     p.add_argument(
         "--diagnostics", action="store_true",

@@ -27,6 +27,12 @@ class TaskSpec:
     type: str | None = None  # registered task, or package.module:Class; defaults to `name`
     weight: float = 1.0  # mixture weight: prompts per step are proportional to it
     options: dict[str, Any] = field(default_factory=dict)  # the task class's Options fields
+    # a multiplier on the task's per-token loss weights: an environment-side scale imbalance
+    # (a positive control; strategies see only its effect on the gradients)
+    loss_scale: float = 1.0
+    # whether the task counts in the accuracy endpoints (mean / worst task); false for a
+    # distractor, whose accuracy is noise
+    scored: bool = True
 
     @classmethod
     def from_name(cls, name: str) -> dict[str, Any]:
@@ -279,12 +285,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p!r}")
     if not cfg.tasks:
         raise ConfigError("tasks: at least one task is needed")
+    need(any(t.scored for t in cfg.tasks), "tasks", "at least one scored task")
     names = [t.name for t in cfg.tasks]
     for i, spec in enumerate(cfg.tasks):
         if names.count(spec.name) > 1:
             raise ConfigError(f"tasks[{i}].name: task name {spec.name!r} is used twice")
         if spec.weight <= 0:
             raise ConfigError(f"tasks[{i}].weight: must be positive, got {spec.weight!r}")
+        need(spec.loss_scale > 0, f"tasks[{i}].loss_scale", f"> 0, got {spec.loss_scale!r}")
         _plugin_options(TASKS, spec.type or spec.name, spec.options, f"tasks[{i}]")
     if cfg.diagnostics.every <= 0:
         raise ConfigError(f"diagnostics.every: must be positive, got {cfg.diagnostics.every!r}")

@@ -365,6 +365,7 @@ def measure_large(trainer: Trainer, step: int) -> dict[str, float]:
         rolled, rewards, len(tasks), loss_agg=cfg.grpo.loss_agg,
         loss_constant=cfg.grpo.loss_constant or cfg.rollout.max_new_tokens,
         scale_rewards=cfg.grpo.scale_rewards, reward_std=cfg.grpo.reward_std,
+        loss_scale=[t.loss_scale for t in cfg.tasks],
     )  # fmt: skip
     backward_groups(trainer, batch, None, capture=True)
     trainer.model.zero_grad(set_to_none=True)
@@ -401,6 +402,7 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
         rolled, rewards, len(trainer.tasks), loss_agg=cfg.grpo.loss_agg,
         loss_constant=cfg.grpo.loss_constant or cfg.rollout.max_new_tokens,
         scale_rewards=cfg.grpo.scale_rewards, reward_std=cfg.grpo.reward_std,
+        loss_scale=[t.loss_scale for t in cfg.tasks],
     )  # fmt: skip
     measure = trainer.groups is not None and (step - 1) % cfg.diagnostics.every == 0
     # The first, on-policy update is the one measured; a strategy balances every update, and the
@@ -496,7 +498,8 @@ def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
         scored = task.rewards(samples, rollout.completions)
         outcomes[task.name] = [int(r.value >= 1.0) for r in scored]
         out[M.eval_key(task.name)] = sum(outcomes[task.name]) / len(scored)
-    out[M.EVAL_MEAN] = sum(out.values()) / len(trainer.tasks)
+    scored = [M.eval_key(t.name) for t in cfg.tasks if t.scored]  # a distractor's is noise
+    out[M.EVAL_MEAN] = sum(out[k] for k in scored) / len(scored)
     trainer.run.log_eval(step, outcomes)
     return out
 

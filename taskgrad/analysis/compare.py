@@ -607,12 +607,14 @@ def compare(
     static_weights: list[float] | None = None,
     tune_seeds: int = TUNE_SEEDS,
     diagnostics: bool = False,
+    gap: bool = False,
 ) -> Path:
     """Train (or reuse) strategies x seeds, then write compare.md and report.html / report.md.
 
     With ``static`` among the strategies and no ``static_weights``, the static sweep is trained
     first (``tune_static``) and its best weights are compared. ``diagnostics``: also write the
-    full per-configuration report of ``taskgrad report`` into ``<out>/diagnostics``.
+    full per-configuration report of ``taskgrad report`` into ``<out>/diagnostics``. ``gap``:
+    also train each task alone (interference.py) and state the aims as fractions of the gap.
     """
     out = Path(out)
     check_overrides(overrides)
@@ -637,6 +639,8 @@ def compare(
         intro += f" `static` weights: [{w}]" + (
             " (tuned, see tune_static.md)." if tuned else " (given)."
         )
+    if gap:
+        intro += " " + gap_sentence(out, preset, seeds, overrides, runs, baseline, jobs)
     secs = sections(scores, fams, boots, notes, baseline, target)
     out.mkdir(parents=True, exist_ok=True)
     title = f"taskgrad compare on preset {preset}"
@@ -647,6 +651,32 @@ def compare(
 
         build_report(paths, out / "diagnostics", title=f"{title}: per-configuration diagnostics")
     return out
+
+
+def gap_sentence(
+    out: Path, preset: str, seeds: int, overrides, runs: list[Run], baseline: str, jobs: int
+) -> str:
+    """Train the single-task runs, write gap.md, and say what the aims are relative to it."""
+    from taskgrad.analysis import interference as I
+    from taskgrad.analysis.compare_report import AIM_MEAN, AIM_WORST
+
+    model = I.initial_model(preset, overrides)
+    paths = run_all(I.single_task_plan(preset, seeds, overrides, model), out / "single", jobs)
+    multis = [r for r in runs if r.config["balance"]["strategy"] == "uniform"]
+    found = I.gaps([load_run(p) for p in paths], multis)
+    out.mkdir(parents=True, exist_ok=True)
+    I.write_gap(out, found)
+    mean_room, worst_room = I.room(found)
+
+    def times(aim: float, room: float) -> str:
+        return f"{aim / room:.1f}x" if room > 0 else "more than"
+
+    return (
+        f"Stage 0 (gap.md): trained alone, the tasks gain {100 * mean_room:.1f} points more on "
+        f"average than in the uniform mix, the worst task {100 * worst_room:.1f}; the aims "
+        f"(+{100 * AIM_MEAN:g} mean, +{100 * AIM_WORST:g} worst-task points) are "
+        f"{times(AIM_MEAN, mean_room)} and {times(AIM_WORST, worst_room)} that room."
+    )
 
 
 def describe_budget(run: Run) -> str:

@@ -110,10 +110,15 @@ class Run:
             return self.metrics[key]
         return pd.Series(np.nan, index=self.metrics.index, name=key)
 
+    @property
+    def scored_tasks(self) -> list[str]:
+        """The tasks that count in the accuracy endpoints (``scored``; a distractor does not)."""
+        return [t["name"] for t in self.config.get("tasks", []) if t.get("scored", True)]
+
     def heldout(self) -> pd.DataFrame:
         """Held-out accuracy [n_evals, K]: rows are the evaluated steps (step 0 included) where
-        every task was evaluated, columns the tasks."""
-        frame = self.task_frame(M.eval_key("{task}"), steps="all")
+        every task was evaluated, columns the scored tasks."""
+        frame = self.task_frame(M.eval_key("{task}"), steps="all")[self.scored_tasks]
         return frame.dropna(how="any")
 
     def outcomes(self) -> dict[int, dict[str, np.ndarray]]:

@@ -51,6 +51,9 @@ class Task(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
+    # the reward checks the completion (a reference answer scores 1, a wrong one 0); False for a
+    # control whose reward ignores it (distractor); the property tests read this
+    verifiable: ClassVar[bool] = True
 
     def __init__(
         self,
