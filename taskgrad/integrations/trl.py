@@ -390,7 +390,8 @@ class TaskGradGRPOTrainer(GRPOTrainer):
             self.tg_run.log({M.STEP: gen.index, **metrics})
         for key, value in metrics.items():  # TRL averages them over its logging window
             parsed = M.parse(key, tasks)
-            if parsed.family in TRL_LOG_FAMILIES or parsed.scope in TRL_LOG_SCOPES:
+            wanted = parsed.family in TRL_LOG_FAMILIES or parsed.scope in TRL_LOG_SCOPES
+            if wanted and math.isfinite(value):  # undefined estimates: metrics.jsonl's null only
                 self._metrics["train"][key].append(value)
 
     def _tg_gradient_metrics(self, window: Window) -> dict[str, float]:
