@@ -19,12 +19,14 @@ its own, and take turns one optimizer step at a time: round r runs step r of eve
 order rotated every round, so machine load falls on all modes alike and the ratios are of paired
 steps. A mode's turn starts at Trainer's ``on_step_begin``; each keeps its own torch / Python /
 NumPy RNG state (seeded by TRL in ``__init__``) and accelerate's ``sync_gradients`` flag across
-turns (both are process-wide), so every mode samples exactly the completions it would alone: all four see the same completions
-(checked and printed). Step 1 (allocations, first calls) is dropped. A step is Trainer's, from
-``on_step_begin`` to ``on_step_end``: generation, 8 micro-batches, clip, AdamW, and taskgrad's
-record; "train" is the step minus generation and scoring.
+turns (both are process-wide), so every mode samples exactly the completions it would alone:
+all four see the same completions (checked and printed). Step 1 (allocations, first calls) is
+dropped. A step is Trainer's, from ``on_step_begin`` to ``on_step_end``: generation, 8
+micro-batches, clip, AdamW, and taskgrad's record; "train" is the step minus generation and
+scoring.
 
-Prints per mode the median step time and the median over rounds of (mode / plain) per round.
+Prints per mode the median step time and the median over rounds of (mode / plain) per round,
+and how far each mode's parameters end from plain TRL's (taskgrad runs ``uniform``).
 """
 
 from __future__ import annotations
@@ -194,8 +196,9 @@ def make_trainer(mode: str, model_dir: Path, out: Path, steps: int, loss_type: s
                 self.bench_ids.append(int(out["completion_ids"].sum()))
             return out
 
-    trainer = Timed(model=model, reward_funcs=reward, args=args, processing_class=load_tokenizer(
-        str(model_dir)), train_dataset=Dataset.from_list(rows), callbacks=[timer], **extra)  # fmt: skip
+    tokenizer = load_tokenizer(str(model_dir))
+    trainer = Timed(model=model, reward_funcs=reward, args=args, processing_class=tokenizer,
+                    train_dataset=Dataset.from_list(rows), callbacks=[timer], **extra)  # fmt: skip
     trainer.remove_callback(PrinterCallback)
     trainer.bench_gen, trainer.bench_ids = [], []
     timer.trainer = trainer
@@ -208,8 +211,8 @@ def main(argv: list[str]) -> None:
         key, value = arg.split("=", 1)
         opts[key] = type(opts[key])(value)
     torch.set_num_threads(opts["threads"])
-    import trl
     import transformers
+    import trl
 
     modes = ["plain", "full", "proxy", "masking"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -258,6 +261,12 @@ def main(argv: list[str]) -> None:
         f"{load:.1f} -> {os.getloadavg()[0]:.1f}; same completions in every mode: {same}"
     )
     _report({m: trainers[m] for m in modes}, {m: timers[m].times for m in modes})
+    plain = dict(trainers["plain"].model.named_parameters())
+    for m in ("full", "proxy", "masking"):  # uniform: TRL's update, whatever taskgrad measured
+        diff = max(
+            float((p - plain[n]).abs().max()) for n, p in trainers[m].model.named_parameters()
+        )
+        print(f"  {m}: parameters after {opts['steps']} steps vs plain, max |diff| {diff:.2e}")
     for m, seconds in balance.items():
         print(f"  {m}: time/balance (Gram, strategy, restore) median {seconds * 1e3:.1f} ms")
 
