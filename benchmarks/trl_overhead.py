@@ -25,8 +25,10 @@ dropped. A step is Trainer's, from ``on_step_begin`` to ``on_step_end``: generat
 micro-batches, clip, AdamW, and taskgrad's record; "train" is the step minus generation and
 scoring.
 
-Prints per mode the median step time and the median over rounds of (mode / plain) per round,
-and how far each mode's parameters end from plain TRL's (taskgrad runs ``uniform``).
+Prints per mode the median step time and the median over rounds of (mode / plain) per round
+with its 95% bootstrap interval, the time spent inside taskgrad's hooks per step (measured
+directly, so less noisy than a difference of step times), and how far each mode's parameters
+end from plain TRL's (taskgrad runs ``uniform``).
 """
 
 from __future__ import annotations
@@ -185,24 +187,54 @@ def make_trainer(mode: str, model_dir: Path, out: Path, steps: int, loss_type: s
     cls = {"plain": GRPOTrainer, "masking": masking_trainer()}.get(mode, TaskGradGRPOTrainer)
     extra = {"scope": mode} if mode in ("full", "proxy") else {}
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    base = cls
+    tokenizer = load_tokenizer(str(model_dir))
+    data = Dataset.from_list(rows)
+    trainer = timed(cls)(model=model, reward_funcs=reward, args=args, processing_class=tokenizer,
+                         train_dataset=data, callbacks=[timer], **extra)  # fmt: skip
+    trainer.remove_callback(PrinterCallback)
+    trainer.bench_gen, trainer.bench_ids, trainer.bench_hooks = [], [], []
+    if hasattr(trainer, "tg"):  # time in the group buffers' captures, too
+        close = trainer.tg.groups.close_group
+        trainer.tg.groups.close_group = lambda m: trainer.bench_hook(close, m)
+    timer.trainer = trainer
+    return trainer
 
-    class Timed(base):  # generation time and the completions, per step
+
+def timed(base: type) -> type:
+    """``base`` that keeps, per step, its generation time, a checksum of its completions and the
+    time spent inside taskgrad's hooks (everything the integration adds to TRL's step)."""
+
+    class Timed(base):
         def _generate_and_score_completions(self, inputs):
             start = time.perf_counter()
             out = super()._generate_and_score_completions(inputs)
             if self.model.training:
                 self.bench_gen.append(time.perf_counter() - start)
                 self.bench_ids.append(int(out["completion_ids"].sum()))
+                self.bench_hooks.append(0.0)
             return out
 
-    tokenizer = load_tokenizer(str(model_dir))
-    trainer = Timed(model=model, reward_funcs=reward, args=args, processing_class=tokenizer,
-                    train_dataset=Dataset.from_list(rows), callbacks=[timer], **extra)  # fmt: skip
-    trainer.remove_callback(PrinterCallback)
-    trainer.bench_gen, trainer.bench_ids = [], []
-    timer.trainer = trainer
-    return trainer
+        def bench_hook(self, fn, *args):
+            start = time.perf_counter()
+            out = fn(*args)
+            self.bench_hooks[-1] += time.perf_counter() - start
+            return out
+
+        def _tg_layout(self, rows):  # the layout, without TRL's generation inside it
+            out = self.bench_hook(super()._tg_layout, rows)
+            self.bench_hooks[-1] -= self.bench_gen[-1]
+            return out
+
+        def _tg_open_window(self):
+            return self.bench_hook(super()._tg_open_window)
+
+        def _tg_balance(self, window, gen):
+            return self.bench_hook(super()._tg_balance, window, gen)
+
+        def _tg_record(self):
+            return self.bench_hook(super()._tg_record)
+
+    return Timed
 
 
 def main(argv: list[str]) -> None:
@@ -280,15 +312,29 @@ def _records(run_dir: Path) -> list[dict]:
 def _report(trainers: dict, times: dict[str, list[float]]) -> None:
     plain_step = times["plain"][1:]
     plain_train = [s - g for s, g in zip(plain_step, trainers["plain"].bench_gen[1:], strict=True)]
-    print(f"{'mode':<8} {'step s':>8} {'gen s':>7} {'train s':>8} {'step ratio':>11} "
+    print(f"{'mode':<8} {'step s':>8} {'gen s':>7} {'train s':>8} {'step ratio [95% CI]':>22} "
           f"{'train ratio':>12}")  # fmt: skip
     for mode, trainer in trainers.items():
         step, gen = times[mode][1:], trainer.bench_gen[1:]
         train = [s - g for s, g in zip(step, gen, strict=True)]
-        ratio = statistics.median(a / b for a, b in zip(step, plain_step, strict=True))
+        ratios = [a / b for a, b in zip(step, plain_step, strict=True)]
+        low, high = median_ci(ratios)
         t_ratio = statistics.median(a / b for a, b in zip(train, plain_train, strict=True))
         print(f"{mode:<8} {statistics.median(step):>8.4f} {statistics.median(gen):>7.4f} "
-              f"{statistics.median(train):>8.4f} {ratio:>11.3f} {t_ratio:>12.3f}")  # fmt: skip
+              f"{statistics.median(train):>8.4f} {statistics.median(ratios):>8.3f} "
+              f"[{low:.3f}, {high:.3f}] {t_ratio:>12.3f}")  # fmt: skip
+    for mode in ("full", "proxy"):
+        hooks = statistics.median(trainers[mode].bench_hooks[1:])
+        print(f"  {mode}: inside taskgrad's hooks (layout, captures, balance, record) median "
+              f"{hooks * 1e3:.1f} ms per step = {hooks / statistics.median(plain_step):.3f} of "
+              "plain's median step")  # fmt: skip
+
+
+def median_ci(values: list[float], reps: int = 2000) -> tuple[float, float]:
+    """95% bootstrap interval of the median (percentiles of resampled medians)."""
+    rng = random.Random(0)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(reps))
+    return meds[int(0.025 * reps)], meds[int(0.975 * reps) - 1]
 
 
 if __name__ == "__main__":
