@@ -362,6 +362,19 @@ def test_the_run_directory_opens_in_taskgrad_report(model_dir, tmp_path):
         assert record[key] == pytest.approx(trl_log[key])
     assert main(["report", str(run_dir)]) == 0
     assert "digit" in (run_dir / "report.md").read_text()
+    # taskgrad's own loop cannot train it (its tasks live in the TRL script): one line, rc 2
+    assert main(["train", "--config", str(run_dir / "config.yaml")]) == 2
+
+
+def test_unmeasured_steps_keep_trls_update_and_log_task_statistics(model_dir, tmp_path):
+    args = grpo_args(tmp_path, "dapo", steps=3)
+    _, p_plain = train(Plain, model_dir, args)
+    _, p_ours = train(Ours, model_dir, args, diagnostics_every=2)
+    assert max_abs(p_ours, p_plain) < PARAM_TOL
+    records = RunDir(tmp_path / "taskgrad").records()
+    measured = [M.grad_key("full", "digit", "sqnorm_unbiased") in r for r in records]
+    assert measured == [True, False, True]
+    assert all(M.task_key("digit", "reward") in r for r in records)
 
 
 def test_resuming_from_a_trl_checkpoint_continues_the_run_directory(model_dir, tmp_path):

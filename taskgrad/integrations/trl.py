@@ -108,6 +108,41 @@ class UnsupportedSetting(ValueError):
     """A TRL setting the integration cannot decompose exactly; the message names it."""
 
 
+# --- the group buffers ---------------------------------------------------------------------------
+
+
+class GroupCaptures(GroupGradients):
+    """``GroupGradients`` with cheaper captures between TRL's micro-batches; same buffer rows.
+
+    A group's first capture in a window copies ``.grad`` into its row instead of adding it to a
+    zeroed row, so a window starts without zeroing the [2K, P] buffer; and ``.grad`` is zeroed in
+    place instead of freed, so the next micro-batch's backward accumulates into the tensors it
+    has (plain TRL re-allocates gradients once per optimizer step, not once per micro-batch).
+    """
+
+    def reset(self) -> None:
+        self.present.zero_()  # rows are overwritten by their first capture
+
+    def close_group(self, group: int) -> None:
+        row, first = self.buffer[group], not bool(self.present[group])
+        for (_, p), lo, hi in zip(self.params, self.offsets[:-1], self.offsets[1:], strict=True):
+            if p.grad is None:
+                if first:
+                    row[lo:hi].zero_()
+            elif first:
+                row[lo:hi].copy_(p.grad.reshape(-1))
+                p.grad.zero_()
+            else:
+                row[lo:hi].add_(p.grad.reshape(-1))
+                p.grad.zero_()
+        self.present[group] = True
+
+    def restore_sum(self, weights: torch.Tensor | None = None) -> None:
+        if not bool(self.present.all()):  # a group with no rows this window adds nothing
+            self.buffer[~self.present.to(self.buffer.device)] = 0.0
+        super().restore_sum(weights)
+
+
 # --- records -------------------------------------------------------------------------------------
 
 
@@ -169,6 +204,8 @@ class TaskGradGRPOTrainer(GRPOTrainer):
     - ``run_dir``: the taskgrad run directory; default ``<output_dir>/taskgrad``.
     - ``diagnostics_every``, ``breakdown``, ``optimizer_geometry``, ``gain_window``: as
       ``diagnostics.every``, ``.breakdown``, ``.optimizer_geometry``, ``.gain_window``.
+      ``optimizer_geometry`` (the AdamW-geometry shares) is off by default here, unlike in
+      taskgrad's own loop: it doubles the Gram work (benchmarks/trl_overhead.py measures both).
     """
 
     def __init__(
@@ -182,7 +219,7 @@ class TaskGradGRPOTrainer(GRPOTrainer):
         run_dir: str | Path | None = None,
         diagnostics_every: int = 1,
         breakdown: bool = True,
-        optimizer_geometry: bool = True,
+        optimizer_geometry: bool = False,
         gain_window: int = 10,
         **kwargs: Any,
     ) -> None:
@@ -209,7 +246,7 @@ class TaskGradGRPOTrainer(GRPOTrainer):
         check_buffer_fits(unwrapped, cfg, len(names), self.args.device, log.info)
         cls = STRATEGIES.get(strategy)
         options = parse_options(cls, cfg.balance.options, "balance.options", num_tasks=len(names))
-        groups = GroupGradients(unwrapped, scope, num_groups=2 * len(names))
+        groups = GroupCaptures(unwrapped, scope, num_groups=2 * len(names))
         self.tg = LoopState(cfg, list(names), cls(len(names), options), groups)
         self.tg_run: RunDir | None = None
         self.tg_generation: Generation | None = None
@@ -321,7 +358,7 @@ class TaskGradGRPOTrainer(GRPOTrainer):
             }
             window.sums.add(group // 2, float(loss), gen.micro_tokens[micro], means)
         if window.capture and (micro + 1 == spg or gen.micro_groups[micro + 1] != group):
-            self.tg.groups.close_group(group)  # .grad -> buffer row m, .grad = None
+            self.tg.groups.close_group(group)  # .grad -> buffer row m, .grad = 0
         if micro + 1 == spg:
             if not self.accelerator.sync_gradients:
                 raise RuntimeError("taskgrad: the window's last micro-batch is not a sync step")

@@ -76,11 +76,18 @@ class TRLTask(Task):
         value: str = ""  # this task's value in it
         prompts_per_batch: int = 0  # n_k: its prompts in every generation batch
 
-    def generate(self, rng: random.Random) -> Sample:
-        raise RuntimeError(f"task {self.name!r} comes from a TRL dataset: train it with TRL")
+    def __init__(self, *args: Any, name: str | None = None, **kwargs: Any) -> None:
+        # build_tasks comes before a run creates anything (trainer.setup): stop there, one line
+        raise ValueError(
+            f"task {name or self.name!r} comes from a TRL dataset: train it with "
+            "taskgrad.integrations.trl (docs/trl.md); taskgrad report reads its run directory"
+        )
 
-    def reward(self, sample: Sample, completion: str) -> Reward:
-        raise RuntimeError(f"task {self.name!r} is scored by TRL reward functions")
+    def generate(self, rng: random.Random) -> Sample:  # pragma: no cover - never built
+        raise NotImplementedError
+
+    def reward(self, sample: Sample, completion: str) -> Reward:  # pragma: no cover
+        raise NotImplementedError
 
 
 _SCHEDULES = {"linear": "linear", "cosine": "cosine", "cosine_with_min_lr": "cosine"}
