@@ -9,8 +9,9 @@ intermediate 296, tied embeddings, taskgrad's character tokenizer, random weight
 
 Modes, each a trainer built from the same saved model with the same seed:
   plain    GRPOTrainer as it is
-  full     TaskGradGRPOTrainer, scope full (Gram, breakdown, AdamW geometry, run directory)
+  full     TaskGradGRPOTrainer, scope full (Gram, per-layer and per-module breakdown, run dir)
   proxy    TaskGradGRPOTrainer, scope proxy (the last attention block)
+  full+adam  full, plus the AdamW-geometry shares (optimizer_geometry=True; off by default)
   masking  GRPOTrainer, then one extra forward + backward over the whole generation batch per
            task with the other tasks' advantages set to 0: what a TRL user can do today
 
@@ -52,6 +53,7 @@ import torch  # noqa: E402
 
 TASKS = ("digit", "upper", "vowel", "short")
 PROMPTS, G, MAX_NEW = 4, 8, 24
+TG_MODES = ("full", "proxy", "full+adam")  # the TaskGradGRPOTrainer modes
 
 
 def reward(prompts, completions, task, **kwargs) -> list[float]:
@@ -185,7 +187,11 @@ def make_trainer(mode: str, model_dir: Path, out: Path, steps: int, loss_type: s
         save_strategy="no", disable_tqdm=True, shuffle_dataset=False, dataloader_num_workers=0,
     )  # fmt: skip
     cls = {"plain": GRPOTrainer, "masking": masking_trainer()}.get(mode, TaskGradGRPOTrainer)
-    extra = {"scope": mode} if mode in ("full", "proxy") else {}
+    extra = {
+        "full": {"scope": "full"},
+        "proxy": {"scope": "proxy"},
+        "full+adam": {"scope": "full", "optimizer_geometry": True},
+    }.get(mode, {})
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = load_tokenizer(str(model_dir))
     data = Dataset.from_list(rows)
@@ -246,7 +252,7 @@ def main(argv: list[str]) -> None:
     import transformers
     import trl
 
-    modes = ["plain", "full", "proxy", "masking"]
+    modes = ["plain", "full", "proxy", "full+adam", "masking"]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         n_params = build_model(root / "model")
@@ -281,7 +287,7 @@ def main(argv: list[str]) -> None:
             t.join()
         balance = {
             m: statistics.median(r["time/balance"] for r in _records(root / m / "taskgrad"))
-            for m in ("full", "proxy")
+            for m in TG_MODES
         }
     same = all(trainers[m].bench_ids == trainers["plain"].bench_ids for m in modes)
     print(
@@ -294,7 +300,12 @@ def main(argv: list[str]) -> None:
     )
     _report({m: trainers[m] for m in modes}, {m: timers[m].times for m in modes})
     plain = dict(trainers["plain"].model.named_parameters())
-    for m in ("full", "proxy", "masking"):  # uniform: TRL's update, whatever taskgrad measured
+    for m in (
+        "full",
+        "proxy",
+        "full+adam",
+        "masking",
+    ):  # uniform: TRL's update, whatever taskgrad measured
         diff = max(
             float((p - plain[n]).abs().max()) for n, p in trainers[m].model.named_parameters()
         )
@@ -323,7 +334,7 @@ def _report(trainers: dict, times: dict[str, list[float]]) -> None:
         print(f"{mode:<8} {statistics.median(step):>8.4f} {statistics.median(gen):>7.4f} "
               f"{statistics.median(train):>8.4f} {statistics.median(ratios):>8.3f} "
               f"[{low:.3f}, {high:.3f}] {t_ratio:>12.3f}")  # fmt: skip
-    for mode in ("full", "proxy"):
+    for mode in TG_MODES:
         hooks = statistics.median(trainers[mode].bench_hooks[1:])
         print(f"  {mode}: inside taskgrad's hooks (layout, captures, balance, record) median "
               f"{hooks * 1e3:.1f} ms per step = {hooks / statistics.median(plain_step):.3f} of "
