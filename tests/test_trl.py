@@ -293,6 +293,7 @@ def test_shares_make_g_k_the_gradient_of_the_task_alone(model_dir, tmp_path, los
     for k in range(len(TASKS)):
         g_k = contributions[k] / task_shares[k].float()
         rel = float((g_k - alone[k]).norm() / alone[k].norm())
+        print(f"{loss_type} {TASKS[k]}: G_k / s_k vs the task's rows alone, rel L2 {rel:.2e}")
         assert rel < GRAD_REL_TOL, (loss_type, TASKS[k], rel)
 
 
