@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,7 +43,6 @@ from taskgrad.policy import build_char_tokenizer, build_tiny_model, load_tokeniz
 from taskgrad.rundir import RunDir
 
 pytestmark = pytest.mark.slow
-warnings.filterwarnings("ignore", module="trl")
 
 TASKS = ("digit", "upper", "vowel")
 G, MAX_NEW = 4, 8
