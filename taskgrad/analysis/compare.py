@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from taskgrad import metrics as M
+from taskgrad.analysis import windows as W
 from taskgrad.analysis.comparison import (
     Bootstrap,
     Family,
@@ -231,18 +232,6 @@ def final_accuracies(run: Run) -> dict[str, float]:
     return {t: float(v) for t, v in run.heldout().iloc[-1].items()}
 
 
-def run_imbalance(run: Run) -> float:
-    """The pooled window-estimator imbalance of one run (NaN when not measured or undefined)."""
-    from taskgrad.analysis import windows as W
-
-    if not run.has(M.grad_key(W.scope_of(run), run.tasks[0], "sqnorm_unbiased")):
-        return math.nan
-    w = [W.run_windows(run, int(run.cfg("diagnostics.window", W.WINDOW) or W.WINDOW))]
-    keep = W.signal(w, n_boot=200).detectable
-    ratio = W.ratio_of(W.pooled_u(w, W.identity(w)), keep)
-    return ratio if math.isfinite(ratio) else math.nan
-
-
 def score_run(path: Path | Run, target: float) -> RunScore:
     run = path if isinstance(path, Run) else load_run(path)
     evals = run.heldout()  # [n_evals, K]
@@ -255,7 +244,7 @@ def score_run(path: Path | Run, target: float) -> RunScore:
         else float(mean.iloc[0])
     )
     reached = worst[worst >= target]
-    imb = run_imbalance(run)
+    imb = W.run_imbalance(run)
     # completion tokens per step = sum_k prompts_k * G * mean response length_k
     group = float(run.cfg("rollout.group_size", math.nan))
     prompts = run.task_frame(M.task_key("{task}", "prompts"))

@@ -171,7 +171,7 @@ def fig_effort(by: Runs, baseline: str, pal: F.Palette) -> F.Fig | None:
 
 
 def fig_imbalance(by: Runs, baseline: str) -> F.Fig | None:
-    from taskgrad.analysis.compare import run_imbalance
+    from taskgrad.analysis.windows import run_imbalance
 
     values = {n: [run_imbalance(r) for r in by[n]] for n in by}
     names = [n for n, v in values.items() if np.isfinite(v).any()]

@@ -262,6 +262,15 @@ def imbalance(windows: list[RunWindows], sig: Signal, n_boot: int = N_BOOT) -> I
     )  # fmt: skip
 
 
+def run_imbalance(run: Run) -> float:
+    """The pooled window-estimator imbalance of one run (NaN when not measured or undefined)."""
+    if not run.has(M.grad_key(scope_of(run), run.tasks[0], "sqnorm_unbiased")):
+        return math.nan
+    w = [run_windows(run, int(run.cfg("diagnostics.window", WINDOW) or WINDOW))]
+    ratio = ratio_of(pooled_u(w, identity(w)), signal(w, n_boot=200).detectable)
+    return ratio if math.isfinite(ratio) else math.nan
+
+
 def window_imbalance(w: RunWindows) -> pd.Series:
     """Per window: max/min of U among tasks whose window t-interval is above zero (NaN if < 2)."""
     u, se = w.u, w.u_se()
