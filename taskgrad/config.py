@@ -118,6 +118,11 @@ class EvalConfig:
     # tuning runs use, so that a tuned baseline never sees the test prompts
     split: Literal["test", "tune"] = "test"
     max_new_tokens: int | None = None  # default: rollout.max_new_tokens
+    # completions per held-out prompt: 0 = one greedy completion (accuracy = share correct);
+    # k in 1..9 = k sampled at the rollout temperature and top_p with a fixed seed, the same in
+    # every run and evaluation (accuracy = mean over prompts of the share of k correct, avg@k:
+    # what GRPO optimises, and less noisy per prompt)
+    samples: int = 0
 
 
 @dataclass
@@ -322,6 +327,7 @@ def validate(cfg: Config) -> Config:
         "grpo.dual_clip",
         f"a number > 1 or null, got {cfg.grpo.dual_clip!r}",
     )
+    need(0 <= cfg.eval.samples <= 9, "eval.samples", f"0..9, got {cfg.eval.samples!r}")
     if cfg.eval.every is not None and cfg.eval.every < 0:
         raise ConfigError(f"eval.every: must be >= 0 or null, got {cfg.eval.every!r}")
     return cfg

@@ -80,11 +80,14 @@ class RunDir:
         with self.metrics_path.open("a") as f:
             f.write(line + "\n")
 
-    def log_eval(self, step: int, outcomes: dict[str, list[int]]) -> None:
-        """Per-prompt held-out outcomes of one evaluation, a line per task."""
+    def log_eval(self, step: int, outcomes: dict[str, list[int]], samples: int = 1) -> None:
+        """Per-prompt held-out outcomes of one evaluation, a line per task: for each prompt, how
+        many of its ``samples`` completions were correct (one digit)."""
         lines = [
-            json.dumps({"step": step, "task": t, "correct": "".join(map(str, o))})
-            for t, o in outcomes.items()
+            json.dumps(
+                {"step": step, "task": t, "samples": samples, "correct": "".join(map(str, c))}
+            )
+            for t, c in outcomes.items()
         ]
         with self.evals_path.open("a") as f:
             f.write("".join(line + "\n" for line in lines))

@@ -481,26 +481,30 @@ def eval_due(cfg: Config, step: int) -> bool:
 
 
 def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
-    """Greedy held-out accuracy per task on its fixed evaluation set; the per-prompt outcomes
-    go to the run directory's evals.jsonl (for paired comparisons over prompts)."""
+    """Held-out accuracy per task on its fixed evaluation set (greedy, or avg@k with
+    ``eval.samples`` = k); the per-prompt outcomes (how many of the k completions are correct)
+    go to the run directory's evals.jsonl, for paired comparisons over prompts."""
     cfg = trainer.cfg
+    k = cfg.eval.samples
     out: dict[str, float] = {}
     outcomes: dict[str, list[int]] = {}
     for task in trainer.tasks:
         samples = task.eval_set()
         rollout = generate(
-            trainer.policy, trainer.tokenizer, samples, [0] * len(samples), group_size=1,
+            trainer.policy, trainer.tokenizer, samples, [0] * len(samples), group_size=max(k, 1),
             max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-            temperature=1.0, top_p=1.0, seed=0, chat_template=cfg.model.chat_template,
-            max_prompt_tokens=cfg.model.max_prompt_tokens,
-            generation_batch=cfg.rollout.generation_batch, greedy=True,
+            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=0,
+            chat_template=cfg.model.chat_template, max_prompt_tokens=cfg.model.max_prompt_tokens,
+            generation_batch=cfg.rollout.generation_batch, greedy=k == 0,
         )  # fmt: skip
-        scored = task.rewards(samples, rollout.completions)
-        outcomes[task.name] = [int(r.value >= 1.0) for r in scored]
-        out[M.eval_key(task.name)] = sum(outcomes[task.name]) / len(scored)
-    scored = [M.eval_key(t.name) for t in cfg.tasks if t.scored]  # a distractor's is noise
-    out[M.EVAL_MEAN] = sum(out[k] for k in scored) / len(scored)
-    trainer.run.log_eval(step, outcomes)
+        g = rollout.group_size
+        scored = task.rewards([s for s in samples for _ in range(g)], rollout.completions)
+        correct = [int(r.value >= 1.0) for r in scored]  # [n * g], grouped by prompt
+        outcomes[task.name] = [sum(correct[i : i + g]) for i in range(0, len(correct), g)]
+        out[M.eval_key(task.name)] = sum(correct) / len(correct)
+    scored_tasks = [M.eval_key(t.name) for t in cfg.tasks if t.scored]  # a distractor's is noise
+    out[M.EVAL_MEAN] = sum(out[key] for key in scored_tasks) / len(scored_tasks)
+    trainer.run.log_eval(step, outcomes, samples=max(k, 1))
     return out
 
 

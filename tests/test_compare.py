@@ -267,6 +267,16 @@ def test_evals_reader_keeps_the_last_of_repeated_lines(tmp_path):
     assert read_evals(tmp_path / "nothing.jsonl") == {}
 
 
+def test_evals_reader_turns_counts_of_k_samples_into_shares(tmp_path):
+    """avg@k (eval.samples = k): each digit counts the prompt's correct completions out of k."""
+    line = {"step": 3, "task": "a", "samples": 4, "correct": "0424"}
+    (tmp_path / "evals.jsonl").write_text(json.dumps(line) + "\n")
+    assert read_evals(tmp_path / "evals.jsonl")[3]["a"].tolist() == [0, 1, 0.5, 1]
+    (tmp_path / "evals.jsonl").write_text(json.dumps({**line, "correct": "05"}) + "\n")
+    with pytest.raises(ValueError, match=r"0\.\.4"):
+        read_evals(tmp_path / "evals.jsonl")
+
+
 def test_compare_end_to_end_with_families_and_prompt_bootstrap(tmp_path):
     """4 strategies x 4 seeds with per-run noise: the Gram methods (mgda, equal_norm) are also
     compared with equal_task; planted: mgda +15, equal_task +5, equal_norm 0 points."""

@@ -183,3 +183,25 @@ def test_evaluation_schedule_outcomes_and_dedicated_measurement(model_dir, tmp_p
     for r in records:
         for key in r:
             M.parse(key, TASKS)
+
+
+def test_sampled_evaluation_counts_k_completions_per_prompt_with_a_fixed_seed(model_dir, tmp_path):
+    """eval.samples = 3: each prompt's digit counts its correct completions out of 3, the
+    accuracy is their mean share, and the same model gives the same outcomes in every run."""
+    import json
+
+    from taskgrad.train import train
+
+    outcomes = []
+    for name in ("a", "b"):
+        cfg = load_config(None, overrides(model_dir, tmp_path, "steps=1", "eval.samples=3",
+                                          "eval.every=null"))  # fmt: skip
+        run = train(cfg, tmp_path / name)
+        first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+        evals = [json.loads(x) for x in (run / "evals.jsonl").read_text().splitlines()]
+        for e in (e for e in evals if e["step"] == 0):
+            counts = [int(c) for c in e["correct"]]
+            assert e["samples"] == 3 and max(counts) <= 3
+            assert first[M.eval_key(e["task"])] == pytest.approx(sum(counts) / (3 * len(counts)))
+        outcomes.append([e["correct"] for e in evals if e["step"] == 0])
+    assert outcomes[0] == outcomes[1]

@@ -51,9 +51,10 @@ def read_metrics(path: Path) -> pd.DataFrame:
 
 
 def read_evals(path: Path) -> dict[int, dict[str, np.ndarray]]:
-    """evals.jsonl as step -> task -> per-prompt outcomes [n_prompts] (uint8, 1 correct, in the
-    task's eval_set order); {} if the file is absent. A resumed run can repeat a (step, task)
-    line: the last one wins, as in metrics.jsonl."""
+    """evals.jsonl as step -> task -> per-prompt outcomes [n_prompts] (the share of the prompt's
+    completions that were correct: 0 or 1 for greedy, j/k for avg@k; in the task's eval_set
+    order); {} if the file is absent. A resumed run can repeat a (step, task) line: the last one
+    wins, as in metrics.jsonl."""
     out: dict[int, dict[str, np.ndarray]] = {}
     if not path.exists():
         return out
@@ -61,10 +62,11 @@ def read_evals(path: Path) -> dict[int, dict[str, np.ndarray]]:
         if not line.strip():
             continue
         rec = json.loads(line)
-        bits = np.frombuffer(rec["correct"].encode("ascii"), dtype=np.uint8) - ord("0")
-        if bits.size and bits.max() > 1:
-            raise ValueError(f"{path}: step {rec['step']} {rec['task']}: outcomes must be 0/1")
-        out.setdefault(int(rec["step"]), {})[rec["task"]] = bits
+        k = int(rec.get("samples", 1))
+        counts = np.frombuffer(rec["correct"].encode("ascii"), dtype=np.uint8) - ord("0")
+        if counts.size and counts.max() > k:
+            raise ValueError(f"{path}: step {rec['step']} {rec['task']}: outcomes must be 0..{k}")
+        out.setdefault(int(rec["step"]), {})[rec["task"]] = counts / k
     return dict(sorted(out.items()))
 
 
