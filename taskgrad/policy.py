@@ -27,7 +27,7 @@ from taskgrad.tasks import Task
 
 TINY = "tiny"
 # Bump when the tiny model's construction or warm start changes, to invalidate caches.
-RECIPE_VERSION = 4
+RECIPE_VERSION = 6  # 6: the warm start avoids both held-out sets; eval size in the key
 # Printable ASCII and newline: every prompt and answer of the procedural tasks.
 CHARSET = [chr(c) for c in range(32, 127)] + ["\n"]
 CHAR_TOKENIZER = "char-v1"
@@ -78,9 +78,11 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerBase, cfg: TinyModelConfig, s
 def warm_start(model, tokenizer, tasks: list[Task], cfg: TinyModelConfig) -> dict[str, float]:
     """Supervised warm start: next-token loss on ``prompt demonstration</s>``, answer tokens only.
 
-    Returns the final loss. Demonstrations are drawn from the tasks' training distributions
-    (never their held-out sets), equally from every task.
+    Returns the final loss. Demonstrations are drawn from the tasks' training distributions,
+    equally from every task, and never from either held-out set (test or tune): the cached
+    model is shared by test runs and by the tuning runs of a comparison.
     """
+    avoid = [task.held_out_prompts() for task in tasks]
     rng = random.Random(cfg.warmstart_seed)
     torch.manual_seed(cfg.warmstart_seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.warmstart_lr, weight_decay=0.0)
@@ -93,7 +95,7 @@ def warm_start(model, tokenizer, tasks: list[Task], cfg: TinyModelConfig) -> dic
         prompts, targets = [], []
         for i in range(cfg.warmstart_batch):
             task = tasks[i % len(tasks)]
-            sample = task.sample(rng)
+            sample = task.sample(rng, avoid=avoid[i % len(tasks)])
             prompts.append(sample.prompt)
             targets.append(task.demonstration(sample))
         batch = sft_batch(tokenizer, prompts, targets)
@@ -138,11 +140,15 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def tiny_recipe(cfg: ModelConfig, specs: list[TaskSpec]) -> dict:
+def tiny_recipe(cfg: ModelConfig, specs: list[TaskSpec], eval_size: int) -> dict:
+    """What the warm start depends on: the tasks' names (they seed the held-out sets), types and
+    options, and the held-out size (which prompts it avoids); not mixture weights, loss scales
+    or whether a task is scored, which only the RL runs read."""
     return {
         "version": RECIPE_VERSION,
         "tiny": asdict(cfg.tiny),
-        "tasks": [asdict(s) for s in specs],
+        "tasks": [{"name": s.name, "type": s.type, "options": s.options} for s in specs],
+        "eval_size": eval_size,
         "charset": "".join(CHARSET),
     }
 
@@ -156,7 +162,7 @@ def ensure_tiny_model(
     cfg: ModelConfig, specs: list[TaskSpec], tasks: list[Task], log=print
 ) -> Path:
     """Path of the cached tiny model for this recipe, building it first if needed."""
-    recipe = tiny_recipe(cfg, specs)
+    recipe = tiny_recipe(cfg, specs, tasks[0].eval_size)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_root(cfg) / "tiny" / key
     if (path / "recipe.json").exists():

@@ -67,6 +67,35 @@ def test_tiny_model_is_cached_by_recipe(tmp_path):
     assert ensure_tiny_model(cfg, specs, tasks, log=lambda *_: None) != first  # recipe changed
 
 
+def test_warm_start_never_sees_a_held_out_prompt_of_either_split(tmp_path, monkeypatch):
+    """The cached model is shared by test runs and tuning runs: its demonstrations avoid the
+    test and the tune set, whichever split built it; weights and loss scales do not change it,
+    the held-out size does."""
+    import taskgrad.policy as P
+
+    seen: list[str] = []
+    real = P.sft_batch
+    monkeypatch.setattr(
+        P, "sft_batch", lambda tok, p, t, *a: (seen.extend(p), real(tok, p, t, *a))[1]
+    )
+    specs = [TaskSpec("countdown", options={"num_numbers": 2, "max_number": 5})]  # ~50 prompts
+    held = set()
+    for split in ("test", "tune"):
+        held |= {
+            s.prompt
+            for s in build_tasks(specs, eval_size=8, seed=0, eval_split=split)[0].eval_set()
+        }
+    cfg = ModelConfig(cache_dir=str(tmp_path), tiny=TINY)
+    tuning = build_tasks(specs, eval_size=8, seed=0, eval_split="tune")
+    first = ensure_tiny_model(cfg, specs, tuning, log=lambda *_: None)
+    assert len(seen) == TINY.warmstart_steps * TINY.warmstart_batch and len(held) == 16
+    assert not held & set(seen)
+    scaled = [TaskSpec("countdown", options=specs[0].options, weight=3.0, loss_scale=10.0)]
+    assert ensure_tiny_model(cfg, scaled, tuning, log=lambda *_: None) == first
+    other = build_tasks(specs, eval_size=4, seed=0)
+    assert ensure_tiny_model(cfg, specs, other, log=lambda *_: None) != first
+
+
 @pytest.fixture
 def chat_model_dir(tmp_path):
     """A tiny model saved as an ordinary directory whose tokenizer has a chat template."""

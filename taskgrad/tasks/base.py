@@ -130,12 +130,21 @@ class Task(ABC):
             size = min(size, len(distinct) // 2)
         return distinct[:size]
 
-    def sample(self, rng: random.Random) -> Sample:
-        """A training sample that is never one of the held-out prompts."""
+    def held_out_prompts(self) -> set[str]:
+        """Every prompt of both held-out sets, test and tune, whichever this task scores on: what
+        a warm start must never see (its model is shared by test and tuning runs)."""
+        test = self._held_out("eval", exclude=set())
+        test_prompts = {s.prompt for s in test}
+        return test_prompts | {s.prompt for s in self._held_out("tune", exclude=test_prompts)}
+
+    def sample(self, rng: random.Random, avoid: set[str] | None = None) -> Sample:
+        """A training sample that is never one of the held-out prompts (``avoid``: these
+        prompts instead, e.g. ``held_out_prompts()``)."""
         self.eval_set()
+        avoid = self._eval_prompts if avoid is None else avoid
         for _ in range(1000):
             s = self.generate(rng)
-            if s.prompt not in self._eval_prompts:
+            if s.prompt not in avoid:
                 return s
         raise RuntimeError(f"task {self.name!r}: could not draw a prompt outside the eval set")
 
