@@ -49,7 +49,7 @@ class TinyModelConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 384
-    warmstart_steps: int = 250  # supervised steps on task demonstrations
+    warmstart_steps: int = 300  # supervised steps on task demonstrations
     warmstart_batch: int = 64  # sequences per warm-start step
     warmstart_lr: float = 3e-3
     warmstart_seed: int = 1234
@@ -122,7 +122,7 @@ class EvalConfig:
     # k in 1..9 = k sampled at the rollout temperature and top_p with a fixed seed, the same in
     # every run and evaluation (accuracy = mean over prompts of the share of k correct, avg@k:
     # what GRPO optimises, and less noisy per prompt)
-    samples: int = 0
+    samples: int = 4
 
 
 @dataclass
@@ -169,13 +169,15 @@ class BalanceConfig:
 @dataclass
 class Config:
     seed: int = 0
-    steps: int = 150  # training steps (rollout batches)
-    # The paper's heterogeneous mix (Code, Countdown, MATH, FinQA), sized for the tiny model.
+    steps: int = 100  # training steps (rollout batches)
+    # The testbed's natural mix (README, "A testbed where balancing can matter"): the paper's
+    # Code and Countdown, and table QA for FinQA, sized so that on the embedded tiny model each
+    # task starts between 20% and 75% held-out accuracy; code and countdown each gain >= 10
+    # points within the 100 steps when trained alone, table QA does not (stage 0 measures it).
     tasks: list[TaskSpec] = field(
         default_factory=lambda: [
-            TaskSpec("code"),
-            TaskSpec("countdown", options={"num_numbers": 2}),
-            TaskSpec("arithmetic", options={"num_operands": 2, "max_operand": 20, "ops": "+-"}),
+            TaskSpec("code", options={"num_ops": 3}),
+            TaskSpec("countdown", options={"num_numbers": 2, "max_number": 15}),
             TaskSpec(
                 "table_qa",
                 options={"max_value": 9, "questions": ["add", "sub", "max", "min"]},

@@ -5,10 +5,10 @@ import pytest
 from taskgrad.config import Config, ConfigError, load_config, parse_overrides, preset_names, to_dict
 
 
-def test_defaults_are_the_four_task_mix():
+def test_defaults_are_the_testbed_mix():
     cfg = load_config()
-    assert [t.name for t in cfg.tasks] == ["code", "countdown", "arithmetic", "table_qa"]
-    assert cfg.model.name_or_path == "tiny"
+    assert [t.name for t in cfg.tasks] == ["code", "countdown", "table_qa"]
+    assert cfg.model.name_or_path == "tiny" and cfg.steps == 100 and cfg.eval.samples == 4
 
 
 def test_overrides_are_typed_and_nested():
