@@ -128,7 +128,7 @@ def test_cli_bad_config_is_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "error: config: unknown key 'optim.lrr'; valid: lr, weight_decay, betas, eps, "
-        "max_grad_norm, schedule, warmup_steps"
+        "max_grad_norm, schedule, warmup_steps, max_skipped_steps"
     )
 
 
