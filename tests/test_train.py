@@ -14,6 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 from taskgrad.config import load_config
+from taskgrad.rundir import read_records
 from taskgrad.tasks import Reward, Sample, Task
 from taskgrad.train import train
 
@@ -64,7 +65,8 @@ def cache(tmp_path_factory):
 
 
 def records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The step records, resume markers applied (taskgrad.rundir.read_records)."""
+    return read_records(run_dir / "metrics.jsonl")
 
 
 @pytest.mark.slow

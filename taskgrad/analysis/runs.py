@@ -32,15 +32,21 @@ PLUMBING = frozenset(
         "progress",
         "checkpoint_every",
         "keep_checkpoints",
+        "checkpoint_minutes",
+        "optim.max_skipped_steps",  # changes nothing unless the run stops on non-finite steps
         "model.cache_dir",
     }
 )
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
-    """metrics.jsonl as a float frame indexed by step; null and absent values become NaN."""
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    records = [json.loads(ln) for ln in lines]
+    """metrics.jsonl as a float frame indexed by step; null and absent values become NaN.
+
+    Resume markers and torn lines are resolved by ``taskgrad.rundir.read_records``.
+    """
+    from taskgrad.rundir import read_records
+
+    records = read_records(path)
     if not records:
         return pd.DataFrame(index=pd.Index([], name="step", dtype=int))
     frame = pd.DataFrame.from_records(records)
