@@ -360,12 +360,14 @@ class RunDir:
                 raise OSError(e.errno, e.strerror, str(path)) from None
             lock.path = path / LOCK
             fsync_dir(path.parent)
-        except BaseException:
+        except BaseException as e:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
             for p in made:  # innermost first
                 with contextlib.suppress(OSError):
                     p.rmdir()
+            if isinstance(e, OSError) and e.errno in DISK_ERRNOS:  # name the run, not a temporary
+                raise OSError(e.errno, e.strerror, str(path)) from e
             raise
         return cls(path, lock)
 
