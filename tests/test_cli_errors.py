@@ -394,3 +394,19 @@ def test_ctrl_c_in_a_real_process(tmp_path, cache):
     from taskgrad.rundir import read_records
 
     assert [r["step"] for r in read_records(run / "metrics.jsonl")] == list(range(13))
+
+
+@pytest.mark.slow
+def test_a_run_listed_twice_counts_once(tmp_path, capsys):
+    """`taskgrad report RUN RUN/` (or a symlink to it) used to count one run as two seeds."""
+    pytest.importorskip("matplotlib")
+    from tests.synthetic_runs import write_run
+
+    run = write_run(tmp_path / "s0", seed=0, steps=8)
+    (tmp_path / "alias").symlink_to(run)
+    out = tmp_path / "report"
+    argv = ["report", str(run), f"{run}/", str(tmp_path / "alias"), "--out", str(out)]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("is listed more than once") == 2 and "it counts once" in err
+    assert "taskgrad report: 1 run, 1 configuration(s)" in (out / "report.md").read_text()
