@@ -126,13 +126,15 @@ def naming(path: Path) -> Iterator[None]:
 
 
 def describe_os_error(e: OSError) -> str:
-    """One line for an OSError: the path and what went wrong, in words."""
-    what = DISK_ERRNOS.get(e.errno or -1) or (e.strerror or str(e)).lower()
-    if e.filename is None:
-        return what
-    if e.errno in DISK_ERRNOS:
-        return f"cannot write {e.filename}: {what}"
-    return f"{e.filename}: {what}"
+    """One line for an OSError: the path and what went wrong, in words, then its notes (e.g.
+    how to resume, added by ``RunDir.guard``)."""
+    if e.errno in DISK_ERRNOS and e.filename is not None:
+        line = f"cannot write {e.filename}: {DISK_ERRNOS[e.errno]}"
+    elif e.filename is not None and e.strerror:
+        line = f"{e.filename}: {e.strerror.lower()}"
+    else:  # raised with a message of our own (FileExistsError("run directory ... is not empty"))
+        line = str(e)
+    return "; ".join([line, *getattr(e, "__notes__", [])])
 
 
 def fsync_dir(path: Path) -> None:
@@ -321,7 +323,7 @@ class RunDir:
                 f"run directory {path} is not empty; continue it with taskgrad train --resume "
                 f"{path} (a run with no checkpoint yet starts over from step 0)"
             )
-        ancestor = path.absolute()
+        ancestor = path.absolute().parent  # where the directory is created (renamed into)
         while not ancestor.exists():
             ancestor = ancestor.parent
         if not ancestor.is_dir():
@@ -540,28 +542,30 @@ class RunDir:
     # -- the process around the loop -----------------------------------------------------------
     @contextlib.contextmanager
     def guard(self, step: Callable[[], int], steps: int) -> Iterator[None]:
-        """Around the training loop: Ctrl-C becomes ``Interrupted`` (one line naming the step and
-        how to resume), a disk error names the resume command too, and the lock is released
-        however the loop ends."""
+        """Around the training loop (``step()``: the last step logged): Ctrl-C becomes
+        ``Interrupted`` (one line naming the step in progress and how to resume), a disk error
+        names the last step logged and the resume command too, and the lock is released however
+        the loop ends."""
         try:
             yield
         except KeyboardInterrupt:
             message = self._stopped(f"interrupted at step {min(step() + 1, steps)}")
             raise Interrupted(message) from None
         except OSError as e:
-            if e.errno not in DISK_ERRNOS:
-                raise
-            raise OSError(
-                e.errno, f"{e.strerror}; {self._stopped(f'stopped at step {step() + 1}')}",
-                e.filename,
-            ) from e  # fmt: skip
+            if e.errno in DISK_ERRNOS:
+                e.add_note(self._stopped(f"the run stopped after step {step()}"))
+            raise
         finally:
             self.close()
 
     def _stopped(self, what: str) -> str:
         ckpts = self.checkpoints()
-        since = f"from step {_step_of(ckpts[-1])}" if ckpts else "over from step 0: no checkpoint"
-        return f"{what}; resume with taskgrad train --resume {self.path} (it continues {since})"
+        then = (
+            f"it continues from the checkpoint of step {_step_of(ckpts[-1])}"
+            if ckpts
+            else "no checkpoint yet: it starts over from step 0"
+        )
+        return f"{what}; resume with taskgrad train --resume {self.path} ({then})"
 
 
 class Interrupted(KeyboardInterrupt):

@@ -464,9 +464,9 @@ def train_loop(trainer: Trainer) -> Path:
                 trainer.probe_last = now
             if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == cfg.steps):
                 metrics.update(evaluate(trainer))
-            trainer.step = step
             trainer.skipped = skipped_in_a_row(trainer.skipped, metrics)
             run.log({M.STEP: step, **metrics})
+            trainer.step = step  # complete once logged (what an interruption reports)
             if trainer.skipped >= cfg.optim.max_skipped_steps:
                 raise NonFiniteError(
                     stop_message(trainer.skipped, step, metrics, trainer.task_names)

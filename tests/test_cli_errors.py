@@ -221,6 +221,14 @@ CASES = [
         setup=lambda e: (e.copy_base(), _full_metrics(e)),
     ),
     Case(
+        "full disk during training (metrics appends fail from step 2)",
+        lambda e: e.fresh("run_name=r"),
+        "metrics.jsonl: no space left on device; the run stopped after step 1; resume with "
+        "taskgrad train --resume",
+        setup=lambda e: _disk_fills_up(e, appends=2),
+        started=True,
+    ),
+    Case(
         "one-prompt dataset",
         lambda e: e.fresh(dataset(e, '{"prompt": "1+1=", "answer": "2"}\n')),
         "tasks[0] (d): no held-out prompts",
@@ -240,7 +248,7 @@ CASES = [
     Case(
         "Ctrl-C during training",
         lambda e: e.fresh("run_name=r"),
-        "interrupted at step 3; resume with taskgrad train --resume",
+        "interrupted at step 3; resume with taskgrad train --resume",  # (it continues from ...)
         code=130,
         setup=interrupt_at(3),
         started=True,
@@ -282,6 +290,21 @@ CASES = [
     ),
     Case("compare with no seeds", lambda e: ["compare", "--seeds", "0"], "--seeds: must be"),
 ]
+
+
+def _disk_fills_up(env: Env, appends: int) -> None:
+    """Metrics appends fail with ENOSPC after the first ``appends`` (as a filling disk does)."""
+    import taskgrad.rundir as R
+
+    real, calls = R.append_bytes, iter(range(10**6))
+
+    def append_bytes(path, data):
+        if next(calls) >= appends:
+            with R.naming(path):
+                raise OSError(28, "No space left on device")
+        real(path, data)
+
+    env.monkeypatch.setattr(R, "append_bytes", append_bytes)
 
 
 def _full_metrics(env: Env) -> None:
