@@ -356,7 +356,10 @@ def test_user_error_is_one_line(case, tmp_path, cache, base, monkeypatch, capsys
         argv = case.argv(env)
         before = snapshot(env.tmp)
         capsys.readouterr()
-        code = cli.main(argv)
+        try:
+            code = cli.main(argv)
+        except BaseException as e:  # Ctrl-C included: it must not escape main either
+            pytest.fail(f"main raised {e!r} instead of one line")
         err = capsys.readouterr().err
         after = snapshot(env.tmp)
     finally:
