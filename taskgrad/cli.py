@@ -173,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--config", help="a preset name or a YAML config file to start from")
     p_train.add_argument("--run-dir", help="where to write the run (default runs/<time>-...)")
     p_train.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
-    )
+        "--resume", metavar="RUN_DIR",
+        help="continue a run from its last complete checkpoint (a run with none starts over from "
+        "step 0, with its config; its partial metrics are kept as metrics.partial-N.jsonl)",
+    )  # fmt: skip
     p_train.add_argument(
         "--report", action="store_true", help="write report.html/report.md into the run directory"
     )
