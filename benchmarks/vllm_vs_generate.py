@@ -24,13 +24,13 @@ import time
 
 def main(argv: list[str]) -> None:
     import torch
-    from taskgrad.tasks import build_tasks
 
     from taskgrad.config import Config
     from taskgrad.engines import build_engine
     from taskgrad.engines.mismatch import logprob_mismatch
     from taskgrad.grpo import logprobs_and_entropy
     from taskgrad.policy import ensure_tiny_model, load_policy
+    from taskgrad.tasks import build_tasks
 
     opts = {"prompts_per_task": 8, "group": 8, "max_new": 12, "repeats": 5}
     for arg in argv:

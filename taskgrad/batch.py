@@ -33,6 +33,9 @@ class StepBatch:
     advantages: torch.Tensor  # [B*G]
     token_weights: torch.Tensor  # [B*G, L] c_it, global over the batch
     shares: torch.Tensor  # [K, 2] s_kh, float64
+    advantage_scale: torch.Tensor  # [B] what each group's centred rewards were multiplied by
+    loss_agg: str = "token_mean"
+    loss_constant: int = 1
 
     @property
     def num_groups(self) -> int:
@@ -52,16 +55,32 @@ def make_batch(
     loss_constant: int,
     scale_rewards: bool,
     reward_std: str = "population",
+    loss_scale: list[float] | None = None,
 ) -> StepBatch:
-    """Advantages, token weights and shares of a scored rollout (rewards [B*G])."""
+    """Advantages, token weights and shares of a scored rollout (rewards [B*G]).
+
+    ``loss_scale`` [K] multiplies each task's token weights (an environment-side scale, as if the
+    task's loss were that much larger); the shares are of the unscaled weights, so to every
+    estimator the scale is part of the task's gradient, as an intrinsic imbalance would be.
+    """
     advantages = group_advantages(
         rewards, rollout.group_size, scale_rewards, reward_std=reward_std
     )  # [B*G]
     weights = token_weights(rollout.response_mask, loss_agg, loss_constant)  # [B*G, L]
+    if loss_scale is not None and any(x != 1.0 for x in loss_scale):
+        row_scale = torch.tensor(loss_scale, dtype=weights.dtype)[rollout.task_index]  # [B*G]
+        weights = weights * row_scale[:, None]
     shares = group_shares(
         rollout.response_mask, rollout.group_index, 2 * num_tasks, loss_agg, loss_constant
     ).view(num_tasks, 2)
-    return StepBatch(rollout, num_tasks, rewards, advantages, weights, shares)
+    grouped = rewards.view(-1, rollout.group_size).double()  # [B, G]
+    scale = torch.ones(grouped.shape[0], dtype=torch.float64)
+    if scale_rewards:
+        std = grouped.std(dim=1, unbiased=reward_std == "sample")
+        scale = 1.0 / (std + 1e-4)
+    return StepBatch(
+        rollout, num_tasks, rewards, advantages, weights, shares, scale, loss_agg, loss_constant
+    )
 
 
 def group_shares(
@@ -106,7 +125,7 @@ class RowSums:
         return cls(*(torch.zeros(n_rows) for _ in range(4)))
 
 
-def task_statistics(batch: StepBatch, sums: RowSums, with_kl: bool) -> dict[str, torch.Tensor]:
+def rollout_statistics(batch: StepBatch, sums: RowSums, with_kl: bool) -> dict[str, torch.Tensor]:
     """The paper's candidate explanations per task: name -> [K] float64 (NaN if absent).
 
     Names and meanings: ``metrics.TASK_STATS``.
@@ -119,6 +138,7 @@ def task_statistics(batch: StepBatch, sums: RowSums, with_kl: bool) -> dict[str,
     names = [
         "prompts", "reward", "accuracy", "reward_var", "abs_advantage", "zero_adv_share",
         "response_length", "prompt_length", "entropy", "clip_frac", "loss", "batch_share",
+        "objective_scale",
     ] + (["kl"] if with_kl else [])  # fmt: skip
     out = {name: torch.full((k,), float("nan"), dtype=torch.float64) for name in names}
     task_shares = batch.shares.sum(1)  # [K]
@@ -142,9 +162,30 @@ def task_statistics(batch: StepBatch, sums: RowSums, with_kl: bool) -> dict[str,
             "clip_frac": sums.clipped[rows].sum() / n_tok,
             "loss": sums.loss[rows].sum(),
             "batch_share": task_shares[t],
+            "objective_scale": objective_scale(batch, t),
         }
         if with_kl:
             values["kl"] = sums.kl[rows].sum() / n_tok
         for name, v in values.items():
             out[name][t] = v
     return out
+
+
+def objective_scale(batch: StepBatch, task: int) -> float:
+    """kappa_k in E g_k ~ -kappa_k grad J_k (J_k: the task's expected reward), on-policy.
+
+    Within a group, E[(r_i - rbar) grad log pi(o_i)] = (1 - 1/G) grad J_p, so the task's own
+    objective gradient is about (1 - 1/G) * (mean advantage scale of its groups) * lambda_k *
+    grad J_k, lambda_k the mean per-sequence loss weight times the task's sequence count (1 / mean
+    length for token_mean, the mean of 1 / length for seq_mean, 1 / loss_constant for constant).
+    The std scale is taken as a constant per group, so this is an approximation where rewards are
+    scaled; without scaling (Dr. GRPO) and with a fixed normaliser it is exact in expectation.
+    Progress-driven strategies (FAMO) use it to turn g_k into the gradient of a loss on J_k.
+    """
+    rollout, g = batch.rollout, batch.rollout.group_size
+    rows = rollout.task_index == task
+    prompts = rollout.task_index.view(-1, g)[:, 0] == task
+    own = token_weights(rollout.response_mask[rows], batch.loss_agg, batch.loss_constant)
+    per_row = own.sum(1) / rollout.response_mask[rows].sum(1).clamp(min=1)  # [n] c_i
+    lam = float(per_row.mean() * rows.sum())
+    return (1 - 1 / g) * float(batch.advantage_scale[prompts].mean()) * lam

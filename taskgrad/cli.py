@@ -84,7 +84,7 @@ def _compare(args: argparse.Namespace) -> int:
     out = compare(
         strategies, args.seeds, args.preset, args.out, args.overrides, args.baseline, args.target,
         jobs=args.jobs, static_weights=weights, tune_seeds=args.tune_seeds,
-        diagnostics=args.diagnostics,
+        diagnostics=args.diagnostics, gap=args.gap,
     )  # fmt: skip
     print((out / "compare.md").read_text())
     print(f"report: {out / 'report.html'}")
@@ -131,6 +131,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    for name in ("length_seeds", "ablation_seeds"):  # default: as many as --seeds (paired)
+        if getattr(args, name) is None:
+            setattr(args, name, args.seeds)
     for name, least in (("seeds", 1), ("length_seeds", 0), ("ablation_seeds", 0)):
         if getattr(args, name) < least:
             flag = name.replace("_", "-")
@@ -232,12 +235,13 @@ def add_report_parsers(sub) -> None:
     )
     p_repro.add_argument("--seeds", type=int, default=3, help="seeds per mixture (default 3)")
     p_repro.add_argument(
-        "--length-seeds", type=int, default=1,
-        help="seeds per other loss aggregation (seq_mean, constant; default 1; 0 skips)",
+        "--length-seeds", type=int, default=None,
+        help="seeds per other loss aggregation (seq_mean, constant; default: --seeds; 0 skips)",
     )  # fmt: skip
     p_repro.add_argument(
-        "--ablation-seeds", type=int, default=1,
-        help="seeds of gradient-proportional sampling, when the config supports it (0 skips)",
+        "--ablation-seeds", type=int, default=None,
+        help="seeds of gradient-proportional sampling, paired with the default mix's "
+        "(default: --seeds; claim (g) needs 3; 0 skips)",
     )  # fmt: skip
     p_repro.add_argument(
         "--out", default="runs/reproduce",
@@ -252,9 +256,10 @@ def add_compare_parser(sub) -> None:
     )
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. steps=60")
     p.add_argument(
-        "--strategies", default="uniform,static,equal_norm,mt_grpo,gain_aware",
+        "--strategies", default="uniform,static,equal_task,equal_norm,mt_grpo,gain_aware",
         help="comma-separated registered strategies (the baseline is added if missing); static is "
-        "tuned by a sweep first unless --static-weights is given",
+        "tuned by a sweep first unless --static-weights is given; equal_task (the Gram methods' "
+        "base mix) separates a method from its base mix",
     )  # fmt: skip
     p.add_argument("--baseline", default="uniform", help="the strategy differences are paired to")
     p.add_argument("--seeds", type=int, default=3, help="seeds per strategy (default 3)")
@@ -266,8 +271,14 @@ def add_compare_parser(sub) -> None:
         help="weights of static, comma-separated (default: tuned by a sweep, see tune_static.md)",
     )
     p.add_argument(
-        "--tune-seeds", type=int, default=1, help="tuning seeds per weighting of the static sweep"
-    )
+        "--tune-seeds", type=int, default=3,
+        help="tuning seeds per weighting of the static sweep (default 3: an interval over them)",
+    )  # fmt: skip
+    p.add_argument(
+        "--gap", action="store_true",
+        help="stage 0: also train each task alone (same per-task budget, same initial model) and "
+        "report the interference gap (gap.md), with the aims as fractions of it",
+    )  # fmt: skip
     p.add_argument(
         "--diagnostics", action="store_true",
         help="also write the full per-configuration report into <out>/diagnostics",

@@ -30,6 +30,12 @@ class TaskSpec:
     type: str | None = None  # registered task, or package.module:Class; defaults to `name`
     weight: float = 1.0  # mixture weight: prompts per step are proportional to it
     options: dict[str, Any] = field(default_factory=dict)  # the task class's Options fields
+    # a multiplier on the task's per-token loss weights: an environment-side scale imbalance
+    # (a positive control; strategies see only its effect on the gradients)
+    loss_scale: float = 1.0
+    # whether the task counts in the accuracy endpoints (mean / worst task); false for a
+    # distractor, whose accuracy is noise
+    scored: bool = True
 
     @classmethod
     def from_name(cls, name: str) -> dict[str, Any]:
@@ -108,9 +114,21 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 25  # held-out evaluation every N steps (and at start and end); 0 disables
-    size: int = 64  # held-out prompts per task
+    # held-out evaluation: null = at the start, the middle and the end; N = every N steps (and at
+    # start and end); 0 = never
+    every: int | None = None
+    # held-out prompts per task, one fixed set for every seed; a task whose prompt space is small
+    # holds out at most half of it (tasks/base.py)
+    size: int = 512
+    # which held-out set: "test" (what comparisons are scored on) or "tune", a disjoint one that
+    # tuning runs use, so that a tuned baseline never sees the test prompts
+    split: Literal["test", "tune"] = "test"
     max_new_tokens: int | None = None  # default: rollout.max_new_tokens
+    # completions per held-out prompt: 0 = one greedy completion (accuracy = share correct);
+    # k in 1..9 = k sampled at the rollout temperature and top_p with a fixed seed, the same in
+    # every run and evaluation (accuracy = mean over prompts of the share of k correct, avg@k:
+    # what GRPO optimises, and less noisy per prompt)
+    samples: int = 0
 
 
 @dataclass
@@ -123,11 +141,27 @@ class DiagnosticsConfig:
     breakdown: bool = True  # also per layer and per module kind, from the same buffers
     optimizer_geometry: bool = True  # shares of the applied AdamW update per task
     gain_window: int = 10  # s of the paper's windowed learning gain, in steps
+    # steps per window of the noise-aware estimators: strategies read window means (TaskWindow)
+    # and reports aggregate per-step estimates over windows before any ratio (analysis/windows.py)
+    window: int = 10
+    # AdamW's first moment split by task (applied_share; K extra buffers of the scope's size):
+    # null = on when every step is measured (every=1), true = on (needs every=1), false = off
+    task_momentum: bool | None = None
+    # every N steps (0: never), also measure the gradients on a dedicated, larger batch of
+    # measure_prompts prompts per task (no update); logged under the scope measure_<scope>
+    measure_every: int = 0
+    measure_prompts: int = 32
     probe_every: int = 10  # paired probe evaluation every N steps; 0 disables
     probe_size: int = 32  # probe prompts per task (the first ones of its held-out set)
     probe_samples: int = 4  # sampled completions per probe prompt, with fixed seeds
     one_step_at: list[int] = field(default_factory=list)  # steps with a one-step probe gain
     transfer_at: list[int] = field(default_factory=list)  # steps with a K x K transfer matrix
+
+    def momentum_on(self) -> bool:
+        """Whether the per-task AdamW moments are kept (see task_momentum)."""
+        if self.task_momentum is None:
+            return self.enabled and self.every == 1
+        return self.task_momentum
 
 
 @dataclass
@@ -291,12 +325,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p!r}")
     if not cfg.tasks:
         raise ConfigError("tasks: at least one task is needed")
+    need(any(t.scored for t in cfg.tasks), "tasks", "at least one scored task")
     names = [t.name for t in cfg.tasks]
     for i, spec in enumerate(cfg.tasks):
         if names.count(spec.name) > 1:
             raise ConfigError(f"tasks[{i}].name: task name {spec.name!r} is used twice")
         if spec.weight <= 0:
             raise ConfigError(f"tasks[{i}].weight: must be positive, got {spec.weight!r}")
+        need(spec.loss_scale > 0, f"tasks[{i}].loss_scale", f"> 0, got {spec.loss_scale!r}")
         _plugin_options(TASKS, spec.type or spec.name, spec.options, f"tasks[{i}]")
     if cfg.diagnostics.every <= 0:
         raise ConfigError(f"diagnostics.every: must be positive, got {cfg.diagnostics.every!r}")
@@ -312,13 +348,23 @@ def validate(cfg: Config) -> Config:
                 "balance.strategy: a balancing strategy needs the group gradients of every step: "
                 "diagnostics.enabled=true, diagnostics.every=1, diagnostics.scope=full"
             )
+    d = cfg.diagnostics
+    need(d.window >= 2, "diagnostics.window", f"at least 2 steps, got {d.window}")
+    need(
+        d.task_momentum is not True or (d.enabled and d.every == 1),
+        "diagnostics.task_momentum",
+        "diagnostics.enabled=true and diagnostics.every=1 (every update must be captured)",
+    )
+    need(d.measure_every >= 0, "diagnostics.measure_every", f">= 0, got {d.measure_every}")
+    need(d.measure_prompts >= 2, "diagnostics.measure_prompts", f">= 2, got {d.measure_prompts}")
     need(
         cfg.grpo.dual_clip is None or cfg.grpo.dual_clip > 1,
         "grpo.dual_clip",
         f"a number > 1 or null, got {cfg.grpo.dual_clip!r}",
     )
-    if cfg.eval.every < 0:
-        raise ConfigError(f"eval.every: must be >= 0, got {cfg.eval.every!r}")
+    need(0 <= cfg.eval.samples <= 9, "eval.samples", f"0..9, got {cfg.eval.samples!r}")
+    if cfg.eval.every is not None and cfg.eval.every < 0:
+        raise ConfigError(f"eval.every: must be >= 0 or null, got {cfg.eval.every!r}")
     _check_ranges(cfg)
     return cfg
 

@@ -156,6 +156,13 @@ class GroupGradients:
         """<G_m, vector> per group: [M] in float64 (vector is [P], e.g. the applied update)."""
         return (self.buffer @ vector).double()
 
+    def expand(self, per_param: torch.Tensor) -> torch.Tensor:
+        """A value per in-scope parameter [n_params] repeated over its coordinates: [P]."""
+        sizes = torch.tensor(
+            [hi - lo for lo, hi in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
+        )
+        return per_param.to(self.buffer).repeat_interleave(sizes.to(per_param.device))
+
     def flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Concatenate per-parameter tensors aligned with the scope into one [P] vector."""
         return torch.cat([t.reshape(-1).to(self.buffer.dtype) for t in tensors])
@@ -197,14 +204,18 @@ def _inv(x: torch.Tensor) -> torch.Tensor:
 
 
 def task_statistics(
-    gram: torch.Tensor, shares: torch.Tensor, weights: torch.Tensor | None = None
+    gram: torch.Tensor,
+    shares: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    applied: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Everything the diagnostics need from one group Gram.
 
     gram: [2K, 2K] with group m = 2k + h; shares: [K, 2] (s_kh); weights: [K] multipliers a
-    balancing strategy applied to each task's contribution (None: ones). The task gradients'
-    norms and cosines never depend on the weights; the update shares are of the applied update
-    sum_k w_k G_k. Returns tensors:
+    balancing strategy applied to each task's contribution (None: ones); or ``applied`` [K, K],
+    the Gram <w G_j, w G_k> of the contributions as applied, for weights that differ between
+    parameters (per-module strategies: ``applied_gram``). The task gradients' norms and cosines
+    never depend on the weights; the update shares are of the applied update. Returns tensors:
     sqnorm_unbiased [K], sqnorm_naive [K], noise [K], inner [K, K] (<g_j, g_k>, unbiased off the
     diagonal), cos [K, K], update_share [K], contribution_sqnorm [K] (||G_k||^2), total_sqnorm [].
     Tasks that are absent, or have one half empty, get NaN where the estimate needs them.
@@ -222,7 +233,9 @@ def task_statistics(
     root = torch.where(unbiased > 0, unbiased.clamp(min=0).sqrt(), torch.nan)
     cos = inner / (root[:, None] * root[None, :])  # [K, K]
     cos.diagonal().copy_(torch.where(unbiased > 0, 1.0, torch.nan))
-    if weights is not None:
+    if applied is not None:
+        contrib = applied.double()
+    elif weights is not None:
         w = weights.double()
         contrib = contrib * w[:, None] * w[None, :]  # <w_j G_j, w_k G_k>
     total = contrib.sum()
@@ -237,6 +250,16 @@ def task_statistics(
         "contribution_sqnorm": contrib.diagonal().clone(),
         "total_sqnorm": total,
     }
+
+
+def applied_gram(param_grams: torch.Tensor, param_weights: torch.Tensor) -> torch.Tensor:
+    """<sum_p W_pj G_j[p], sum_p W_pk G_k[p]>: [K, K], from per-parameter group Grams
+    [n, 2K, 2K] and per-parameter task multipliers W [n, K] (both halves of a task share one)."""
+    n, m, _ = param_grams.shape
+    k = m // 2
+    t = param_grams.double().view(n, k, 2, k, 2).sum(dim=(2, 4))  # [n, K, K]
+    w = param_weights.double()  # [n, K]
+    return (t * w[:, :, None] * w[:, None, :]).sum(0)
 
 
 def imbalance_ratio(sqnorms: torch.Tensor) -> float:

@@ -11,10 +11,12 @@ gradient scope (``full``, ``proxy``, ``custom``, a module kind or ``layerNN``):
 |           | `task/<task>/verifier/<name>`  | mean of a verifier's reward component           |
 |           | `task/<task>/nonfinite`        | 1: its loss/gradient was non-finite (only then) |
 | grad/     | `grad/<scope>/<task>/<stat>`   | per-task gradient estimates (GRAD_STATS)        |
-|           | `grad/<scope>/cos/<a>__<b>`    | cosine of two task gradients                    |
+|           | `grad/<scope>/cos/<a>__<b>`    | cosine of two task gradients (per-step)         |
+|           | `grad/<scope>/inner/<a>__<b>`  | <g_a, g_b>: unbiased cross-task inner product   |
 |           | `grad/<scope>/<stat>`          | scope-wide values (GRAD_SCOPE_STATS)            |
 |           | `grad/proxy_agreement/spearman`| full vs proxy ranking of the tasks, this step   |
 | balance/  | `balance/<task>/weight`        | the strategy's multiplier on G_k                |
+|           | `balance/<task>/weight/<kind>` | the multiplier a module kind applied (per-module)|
 |           | `balance/<task>/sampling`      | the next batch's task sampling probability      |
 |           | `balance/<task>/info/<name>`   | a strategy's own per-task value (finite only)   |
 |           | `balance/info/<name>`          | a strategy's own scalar                         |
@@ -22,6 +24,7 @@ gradient scope (``full``, ``proxy``, ``custom``, a module kind or ``layerNN``):
 |           | `gain/window_center`           | the step the windowed gain is centred on        |
 | probe/    | `probe/<task>/reward`          | mean probe reward (fixed prompts and seeds)     |
 | transfer/ | `transfer/<j>__<k>`            | probe gain on k from task j's part of the step  |
+|           | `transfer/<j>__<k>/se`         | its standard error over the probe prompts       |
 | eval/     | `eval/<task>/accuracy`         | greedy held-out accuracy                        |
 |           | `eval/mean_accuracy`           | its mean over the tasks                         |
 | train/    | `train/<stat>`                 | batch-wide values (TRAIN_STATS)                 |
@@ -63,6 +66,7 @@ TASK_STATS = {
     "loss": "its part of the batch loss (sum of its weighted token losses)",
     "kl": "mean k3 KL to the reference policy per completion token (kl_coef > 0)",
     "batch_share": "s_k: its share of the batch objective (N_k/N for token_mean, B_k/B else)",
+    "objective_scale": "kappa_k in E g_k ~ -kappa_k grad J_k (batch.objective_scale)",
     "nonfinite": "1 when its loss or group gradient was non-finite (the step was skipped; "
     "written only then)",
 }
@@ -72,15 +76,17 @@ GRAD_STATS = {
     "noise": "sqnorm_naive - sqnorm_unbiased",
     "update_share": "<w_k G_k, g> / ||g||^2: share of the applied update",
     "contribution_sqnorm": "||w_k G_k||^2: squared norm of its part of the update",
-    "adam_share": "update_share of the AdamW-preconditioned gradients (fresh-gradient part)",
-    "adam_sqnorm_unbiased": "sqnorm_unbiased of the preconditioned task gradient",
+    "applied_share": "its share of AdamW's applied step, through per-task first moments",
+    "precond_share": "share of the AdamW-preconditioned fresh gradient (no momentum)",
+    "precond_sqnorm": "<P g_kA, P g_kB>, P AdamW's preconditioner (not unbiased: P uses g)",
     "step_dot": "<w_k G_k, dtheta>: first-order loss change from the applied step",
     "step_share": "step_dot / sum_j step_dot",
 }
 GRAD_SCOPE_STATS = {
     "imbalance": "max_k / min_k of the positive per-step unbiased squared norms",
     "total_sqnorm": "||g||^2 of the applied (combined) gradient",
-    "adam_imbalance": "imbalance of the preconditioned unbiased squared norms",
+    "precond_imbalance": "imbalance of precond_sqnorm",
+    "decay_share": "weight decay's share of AdamW's applied step (with applied_share)",
 }
 GAIN_STATS = {
     "window": "mean reward over the s steps after gain/window_center minus the s before",
@@ -121,6 +127,10 @@ def cos_key(scope: str, a: str, b: str) -> str:
     return f"grad/{scope}/cos/{a}__{b}"
 
 
+def inner_key(scope: str, a: str, b: str) -> str:
+    return f"grad/{scope}/inner/{a}__{b}"
+
+
 def grad_scope_key(scope: str, stat: str) -> str:
     return f"grad/{scope}/{stat}"
 
@@ -144,8 +154,8 @@ def probe_key(task: str) -> str:
     return f"probe/{task}/reward"
 
 
-def transfer_key(source: str, target: str) -> str:
-    return f"transfer/{source}__{target}"
+def transfer_key(source: str, target: str, stat: str = "") -> str:
+    return f"transfer/{source}__{target}" + (f"/{stat}" if stat else "")
 
 
 def eval_key(task: str) -> str:
@@ -248,12 +258,14 @@ def parse(key: str, tasks: Iterable[str]) -> Key:
         split = _task_prefix(rest, tasks)
         if split and split[1] in GRAD_STATS:
             return Key("grad", split[1], split[0], scope)
-        if rest.startswith("cos/") and (pair := _pair(rest[4:], tasks)):
-            return Key("grad", "cos", scope=scope, pair=pair)
+        for kind in ("cos", "inner"):
+            if rest.startswith(f"{kind}/") and (pair := _pair(rest[len(kind) + 1 :], tasks)):
+                return Key("grad", kind, scope=scope, pair=pair)
         if rest in GRAD_SCOPE_STATS and scope:
             return Key("grad", rest, scope=scope)
     elif family == "balance":
-        if split and (split[1] in BALANCE_STATS or split[1].startswith("info/")):
+        stat = split[1] if split else ""
+        if split and (stat in BALANCE_STATS or stat.startswith(("info/", "weight/"))):
             return Key("balance", split[1], split[0])
         if rest.startswith("info/") and len(rest) > len("info/"):
             return Key("balance", rest)
@@ -264,8 +276,11 @@ def parse(key: str, tasks: Iterable[str]) -> Key:
             return Key("gain", split[1], split[0])
     elif family == "probe" and split and split[1] == "reward":
         return Key("probe", "reward", split[0])
-    elif family == "transfer" and (pair := _pair(rest, tasks)):
-        return Key("transfer", "transfer", pair=pair)
+    elif family == "transfer":
+        if pair := _pair(rest, tasks):
+            return Key("transfer", "transfer", pair=pair)
+        if rest.endswith("/se") and (pair := _pair(rest[: -len("/se")], tasks)):
+            return Key("transfer", "se", pair=pair)
     elif family == "eval":
         if key == EVAL_MEAN:
             return Key("eval", "mean_accuracy")

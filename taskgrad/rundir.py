@@ -4,10 +4,14 @@ runs/<name>/
   config.yaml        the resolved config (re-runnable with `taskgrad train --config`)
   versions.json      python, torch, transformers, accelerate, taskgrad, device, model path
   metrics.jsonl      one JSON record per step (step 0: initial evaluation), flat keys; append-only
+  evals.jsonl        per evaluation and task, each held-out prompt's outcome (1 correct, 0 not):
+                     {"step": 75, "task": "code", "correct": "0110..."}, prompts in eval_set order;
+                     append-only, with the same resume markers as metrics.jsonl
   summary.json       final numbers (written when the run finishes)
   lock               held by the process writing the run: its pid, host and start time
   checkpoints/step_000040/   model + tokenizer (save_pretrained), trainer.pt, checkpoint.json
-  metrics.partial-1.jsonl    metrics of an attempt that never checkpointed (see ``restart``)
+  metrics.partial-1.jsonl    metrics of an attempt that never checkpointed (see ``restart``;
+                             evals.partial-1.jsonl likewise)
 
 What a kill -9 (or a full disk, or a second process) at any moment cannot do:
 
@@ -69,6 +73,7 @@ from taskgrad.summary import summarize
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
+EVALS = "evals.jsonl"
 LOCK = "lock"
 MARKER = "checkpoint.json"  # a checkpoint's completion marker, written last
 RESUME = "resume"  # the key of a resume marker record in metrics.jsonl
@@ -305,6 +310,7 @@ class RunDir:
     def __init__(self, path: Path, lock: RunLock | None = None) -> None:
         self.path = Path(path)
         self.metrics_path = self.path / METRICS
+        self.evals_path = self.path / EVALS
         self.lock = lock
 
     # -- creation / resume ---------------------------------------------------------------------
@@ -431,38 +437,65 @@ class RunDir:
         line = json.dumps({k: clean(v) for k, v in record.items()})
         append_bytes(self.metrics_path, (line + "\n").encode())
 
+    def log_eval(self, step: int, outcomes: dict[str, list[int]], samples: int = 1) -> None:
+        """Per-prompt held-out outcomes of one evaluation, a line per task: for each prompt, how
+        many of its ``samples`` completions were correct (one digit)."""
+        lines = [
+            json.dumps(
+                {"step": step, "task": t, "samples": samples, "correct": "".join(map(str, c))}
+            )
+            for t, c in outcomes.items()
+        ]
+        append_bytes(self.evals_path, "".join(line + "\n" for line in lines).encode())
+
     def records(self) -> list[dict[str, Any]]:
         """The run's step records, segments resolved (see ``read_records``)."""
         return read_records(self.metrics_path)
 
     def mark_resume(self, step: int) -> None:
-        """Start a new segment: records after ``step`` written before this no longer count."""
-        prefix = b""
-        with naming(self.metrics_path):
-            if self.metrics_path.exists() and self.metrics_path.stat().st_size > 0:
-                with open(self.metrics_path, "rb") as fh:
-                    fh.seek(-1, os.SEEK_END)
-                    if fh.read(1) != b"\n":
-                        prefix = b"\n"  # end a torn last line, so the marker is a line of its own
+        """Start a new segment of metrics.jsonl and evals.jsonl: records after ``step`` written
+        before this no longer count."""
         marker = {
             RESUME: step,
             "time": datetime.now().isoformat(timespec="seconds"),
             "pid": os.getpid(),
         }
-        append_bytes(self.metrics_path, prefix + (json.dumps(marker) + "\n").encode())
+        for path in (self.metrics_path, self.evals_path):
+            if path == self.evals_path and not path.exists():
+                continue  # no evaluation logged yet: nothing to mark
+            prefix = b""
+            with naming(path):
+                if path.exists() and path.stat().st_size > 0:
+                    with open(path, "rb") as fh:
+                        fh.seek(-1, os.SEEK_END)
+                        if fh.read(1) != b"\n":
+                            prefix = b"\n"  # end a torn last line: the marker is a line of its own
+            append_bytes(path, prefix + (json.dumps(marker) + "\n").encode())
+
+    def truncate_metrics(self, last_step: int) -> list[dict[str, Any]]:
+        """For callers of the former API (the TRL integration): ``mark_resume(last_step)`` and the
+        records that count. Nothing is truncated any more: the file only grows."""
+        self.mark_resume(last_step)
+        return self.records()
 
     def restart(self) -> Path | None:
         """Before starting a run over from step 0 in place: move its partial metrics aside to
-        ``metrics.partial-<n>.jsonl`` (a rename: nothing is deleted); returns where they went."""
-        if not self.metrics_path.exists():
+        ``metrics.partial-<n>.jsonl`` (and evals.jsonl to ``evals.partial-<n>.jsonl``; renames:
+        nothing is deleted); returns where the metrics went."""
+        if not self.metrics_path.exists() and not self.evals_path.exists():
             return None
         n = 1
-        while (target := self.path / f"metrics.partial-{n}.jsonl").exists():
+        while any(self.path.glob(f"*.partial-{n}.jsonl")):
             n += 1
-        with naming(self.metrics_path):
-            os.rename(self.metrics_path, target)
+        moved = None
+        for path in (self.metrics_path, self.evals_path):
+            if path.exists():
+                target = self.path / f"{path.stem}.partial-{n}.jsonl"
+                with naming(path):
+                    os.rename(path, target)
+                moved = moved or target
         fsync_dir(self.path)
-        return target
+        return moved
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoints(self, note: Callable[[str], None] | None = None) -> list[Path]:

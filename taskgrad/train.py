@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from taskgrad import metrics as M
-from taskgrad.balancing.base import TaskGradStats, prompt_counts
-from taskgrad.batch import RowSums, StepBatch, make_batch, task_statistics
+from taskgrad.balancing.base import Balance, TaskGradStats, TaskWindow, prompt_counts
+from taskgrad.batch import RowSums, StepBatch, make_batch, rollout_statistics
 from taskgrad.config import Config
 from taskgrad.diagnostics import gain, probe
 from taskgrad.diagnostics.gradient import (
@@ -32,8 +32,9 @@ from taskgrad.diagnostics.gradient import (
     adam_metrics,
     gradient_metrics,
     preconditioner,
+    task_parts,
 )
-from taskgrad.gradients import scope_members
+from taskgrad.gradients import GroupGradients, scope_members, task_statistics
 from taskgrad.grpo import logprobs_and_entropy, policy_loss
 from taskgrad.numerics import (
     Fault,
@@ -49,7 +50,7 @@ from taskgrad.tasks import Task
 from taskgrad.trainer import Trainer, setup
 
 # Training statistics a strategy may read (Strategy.reads), from the step's task statistics.
-STRATEGY_STATS = ("reward", "abs_advantage", "zero_adv_share", "response_length")
+STRATEGY_STATS = ("reward", "abs_advantage", "zero_adv_share", "response_length", "objective_scale")
 
 # --- phase: sample prompts --------------------------------------------------------------------
 
@@ -70,12 +71,22 @@ def prompts_per_task(cfg: Config, sampling: torch.Tensor | None = None) -> list[
 
 
 def sample_prompts(
-    cfg: Config, tasks: list[Task], sampling: torch.Tensor | None, step: int
+    cfg: Config,
+    tasks: list[Task],
+    sampling: torch.Tensor | None,
+    step: int,
+    counts: list[int] | None = None,
+    stream: str = "prompts",
 ) -> PromptBatch:
-    """Prompts of every task, their task index, and their half (0/1) for the split estimators."""
-    rng = random.Random(f"{cfg.seed}/prompts/{step}")
+    """Prompts of every task, their task index, and their half (0/1) for the split estimators.
+
+    ``counts``: prompts per task (default: the mixture's, or the strategy's sampling); ``stream``
+    names the random stream, so that a measurement batch never shares the training prompts'.
+    """
+    rng = random.Random(f"{cfg.seed}/{stream}/{step}")
     samples, task_index, half = [], [], []
-    for k, (task, n) in enumerate(zip(tasks, prompts_per_task(cfg, sampling), strict=True)):
+    counts = counts if counts is not None else prompts_per_task(cfg, sampling)
+    for k, (task, n) in enumerate(zip(tasks, counts, strict=True)):
         drawn = [task.sample(rng) for _ in range(n)]
         # Halves split prompts, never completions: a prompt's G completions share a baseline.
         order = list(range(n))
@@ -89,13 +100,13 @@ def sample_prompts(
     return PromptBatch(samples, task_index, half)
 
 
-def rollout(trainer: Trainer, prompts: PromptBatch, step: int) -> Rollout:
+def rollout(trainer: Trainer, prompts: PromptBatch, step: int, stream: str = "rollout") -> Rollout:
     cfg = trainer.cfg
     return generate(
         trainer.policy, trainer.tokenizer, prompts.samples, prompts.task_index,
         half=prompts.half, group_size=cfg.rollout.group_size,
         max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p, seed=_seed(cfg.seed, "rollout", step),
+        top_p=cfg.rollout.top_p, seed=_seed(cfg.seed, stream, step),
         chat_template=cfg.model.chat_template, max_prompt_tokens=cfg.model.max_prompt_tokens,
         generation_batch=cfg.rollout.generation_batch,
     )  # fmt: skip
@@ -184,13 +195,43 @@ def backward_groups(
 # --- phase: balance ---------------------------------------------------------------------------
 
 
+def task_window(
+    trainer: Trainer, stats: dict[str, torch.Tensor], gram_stats: dict[str, torch.Tensor]
+) -> TaskWindow:
+    """Append this step's values to the last ``diagnostics.window`` steps; their means and SEs."""
+    size = trainer.cfg.diagnostics.window
+    values = {name: gram_stats[name] for name in ("sqnorm_unbiased", "sqnorm_naive")}
+    values |= {name: stats[name] for name in ("reward", "abs_advantage", "zero_adv_share")}
+    mean, se = {}, {}
+    for name, v in values.items():
+        rows = trainer.windows.setdefault(name, [])
+        rows.append([float(x) for x in v])
+        del rows[:-size]
+        a = torch.tensor(rows, dtype=torch.float64)  # [n, K]
+        n = torch.isfinite(a).sum(0)  # [K]
+        mean[name] = a.nanmean(0)
+        centred = torch.where(torch.isfinite(a), a - mean[name], 0.0)
+        var = (centred**2).sum(0) / (n - 1).clamp(min=1)
+        se[name] = torch.where(n >= 2, (var / n.clamp(min=1)).sqrt(), torch.nan)
+    return TaskWindow(len(trainer.windows["reward"]), mean, se)
+
+
 def balance(
-    trainer: Trainer, batch: StepBatch, stats: dict[str, torch.Tensor], step: int
-) -> BalancedStep:
-    """Gram matrices of the captured groups -> strategy -> the combined gradient in ``.grad``."""
+    trainer: Trainer,
+    batch: StepBatch,
+    stats: dict[str, torch.Tensor],
+    step: int,
+    window: TaskWindow | None,
+) -> tuple[BalancedStep, TaskWindow]:
+    """Gram matrices of the captured groups -> strategy -> the combined gradient in ``.grad``.
+
+    ``window``: the step's TaskWindow when an earlier inner update made it (else it is made).
+    """
     groups = trainer.groups
     grams = groups.param_grams()  # [n_params, M, M]
     members = scope_members(groups.names, breakdown=True)
+    if window is None:
+        window = task_window(trainer, stats, task_statistics(grams.sum(0), batch.shares))
     inputs = TaskGradStats(
         tasks=trainer.task_names, step=step, group_gram=grams.sum(0), shares=batch.shares,
         module_grams={name: grams[idx].sum(0) for name, idx in members.items()},
@@ -198,28 +239,42 @@ def balance(
         gains=gain.latest_gains(
             trainer.history, trainer.task_names, trainer.cfg.diagnostics.gain_window
         ),
+        window=window,
     )  # fmt: skip
     out = trainer.strategy(inputs)
     weights = out.task_weights.double()  # [K]
+    param_weights = weights.repeat(len(groups.names), 1)  # [n_params, K]
     if out.module_weights:
-        per_param = weights.repeat_interleave(2).repeat(len(groups.names), 1)  # [n_params, M]
         for scope, w in out.module_weights.items():
-            per_param[members[scope]] = w.double().repeat_interleave(2)
-        groups.restore_sum(per_param)
+            param_weights[members[scope]] = w.double()
+        groups.restore_sum(param_weights.repeat_interleave(2, dim=1))
     elif torch.all(weights == 1):
         groups.restore_sum()  # exactly the plain full-batch gradient
     else:
         groups.restore_sum(weights.repeat_interleave(2))
     if out.sampling is not None:
         trainer.sampling = out.sampling.double()
-    return BalancedStep(grams=grams, shares=batch.shares, balance=out)
+    return BalancedStep(grams, batch.shares, out, param_weights), window
 
 
-def balance_metrics(tasks: list[str], step: BalancedStep) -> dict[str, float]:
-    """What the strategy chose: weights, sampling, and its own values (finite ones only)."""
+def balance_metrics(
+    tasks: list[str], step: BalancedStep, groups: GroupGradients
+) -> dict[str, float]:
+    """What the strategy applied: weights (per module kind where they differ), sampling, and its
+    own values (finite ones only)."""
     out = step.balance
-    weights = zip(tasks, step.weights, strict=True)
-    metrics = {M.balance_key(t, "weight"): float(w) for t, w in weights}
+    if step.uniform_over_params:
+        weights = step.param_weights[0]
+    else:  # the mean multiplier over the scope's coordinates, and each module kind's own
+        sizes = torch.tensor(
+            [hi - lo for lo, hi in zip(groups.offsets[:-1], groups.offsets[1:], strict=True)],
+            dtype=torch.float64,
+        )
+        weights = (sizes[:, None] * step.param_weights).sum(0) / sizes.sum()
+    metrics = {M.balance_key(t, "weight"): float(w) for t, w in zip(tasks, weights, strict=True)}
+    for kind, w in (out.module_weights or {}).items():
+        for t, v in zip(tasks, w, strict=True):
+            metrics[M.balance_key(t, f"weight/{kind}")] = float(v)
     if out.sampling is not None:
         sampling = zip(tasks, out.sampling, strict=True)
         metrics.update({M.balance_key(t, "sampling"): float(p) for t, p in sampling})
@@ -275,41 +330,83 @@ def update(
 ) -> dict[str, float]:
     """The optimizer step, with the gradient diagnostics and the one-step/transfer probes.
 
-    ``balanced`` is the measured update's balance (None: not measured); ``first``: this is the
-    step's first (on-policy) update, the one the probes bracket.
+    ``balanced``: the update's balance (None: not captured); ``first``: this is the step's first
+    (on-policy) update, the one that is measured and that the probes bracket.
     """
     cfg, groups, d = trainer.cfg, trainer.groups, trainer.cfg.diagnostics
+    measured = balanced if first else None
     one_step = first and step in d.one_step_at
-    transfer = first and balanced is not None and step in d.transfer_at
+    transfer = measured is not None and step in d.transfer_at
     probe_before = params_before = None
     if one_step or transfer:
         probe_before = trainer.prober()
         params_before = groups.clone_params() if groups is not None else None
-    geometry = balanced is not None and d.optimizer_geometry
+    momentum = trainer.momentum
+    geometry = measured is not None and (d.optimizer_geometry or momentum is not None)
     flat_before = groups.snapshot() if geometry else None
     opt = optimizer_step(trainer, step)
+    if opt.fault is not None:  # nothing was applied: no momentum, no diagnostics of it
+        return {M.train_key("grad_norm"): opt.grad_norm, M.train_key("lr"): opt.lr} | (
+            opt.fault.metrics()
+        )
+    parts = task_parts(groups, balanced) if balanced is not None else None
+    if momentum is not None:
+        momentum.update(parts, opt.clip_coef)
     metrics = {M.train_key("grad_norm"): opt.grad_norm, M.train_key("lr"): opt.lr}
-    if opt.fault is not None:
-        return metrics | opt.fault.metrics()
     tasks = trainer.task_names
     precond = None
-    if balanced is not None:
-        metrics.update(gradient_metrics(groups, balanced, tasks, d.scope, d.breakdown))
+    if measured is not None:
+        metrics.update(gradient_metrics(groups, measured, tasks, d.scope, d.breakdown))
         if geometry or transfer:
             precond = preconditioner(groups, trainer.optimizer, cfg.optim.betas[1], cfg.optim.eps)
+        adam_t = float(trainer.optimizer.state[groups.params[0][1]]["step"])
         if geometry:
             delta = groups.snapshot() - flat_before  # [P] the applied update
-            metrics.update(adam_metrics(groups, balanced, precond, delta, tasks, d.scope))
+            if d.optimizer_geometry:
+                metrics.update(adam_metrics(groups, measured, precond, delta, tasks, d.scope))
+            if momentum is not None:
+                metrics.update(momentum.metrics(precond, delta, opt.lr, adam_t, tasks, d.scope))
     if one_step:
         metrics.update(probe.one_step_gains(trainer.prober(), probe_before))
     if transfer and params_before:
-        adam_t = float(trainer.optimizer.state[groups.params[0][1]]["step"])
         metrics.update(probe.transfer_matrix(
-            trainer.prober, groups, probe_before, params_before, task_weights=balanced.weights,
-            precond=precond, lr=opt.lr, clip_coef=opt.clip_coef, beta1=cfg.optim.betas[0],
-            adam_step=adam_t,
+            trainer.prober, groups, probe_before, params_before, parts=parts, precond=precond,
+            lr=opt.lr, clip_coef=opt.clip_coef, beta1=cfg.optim.betas[0], adam_step=adam_t,
         ))  # fmt: skip
     return metrics
+
+
+# --- a dedicated measurement batch ----------------------------------------------------------
+
+
+def measure_large(trainer: Trainer, step: int) -> dict[str, float]:
+    """The gradient metrics of a dedicated batch of ``diagnostics.measure_prompts`` prompts per
+    task from the policy as it is before this step's update; nothing is applied. Logged under
+    the scope ``measure_<scope>``, for per-step precision where the training batch is too small.
+    """
+    cfg, groups, tasks = trainer.cfg, trainer.groups, trainer.task_names
+    counts = [cfg.diagnostics.measure_prompts] * len(tasks)
+    prompts = sample_prompts(cfg, trainer.tasks, None, step, counts=counts, stream="measure")
+    rolled = rollout(trainer, prompts, step, stream="measure-rollout")
+    rewards, _ = score(trainer.tasks, rolled)
+    batch = make_batch(
+        rolled, rewards, len(tasks), loss_agg=cfg.grpo.loss_agg,
+        loss_constant=cfg.grpo.loss_constant or cfg.rollout.max_new_tokens,
+        scale_rewards=cfg.grpo.scale_rewards, reward_std=cfg.grpo.reward_std,
+        loss_scale=[t.loss_scale for t in cfg.tasks],
+    )  # fmt: skip
+    backward_groups(trainer, batch, None, capture=True)
+    trainer.model.zero_grad(set_to_none=True)
+    ones = torch.ones(len(groups.names), len(tasks), dtype=torch.float64)
+    measured = BalancedStep(groups.param_grams(), batch.shares, Balance(ones[0]), ones)
+    out = gradient_metrics(groups, measured, tasks, cfg.diagnostics.scope, breakdown=False)
+    groups.reset()
+    relabelled = {}
+    for key, value in out.items():
+        if key != M.PROXY_AGREEMENT:
+            family, scope, rest = key.split("/", 2)
+            relabelled[f"{family}/measure_{scope}/{rest}"] = value
+    return relabelled
 
 
 # --- one step ---------------------------------------------------------------------------------
@@ -318,6 +415,11 @@ def update(
 def train_step(trainer: Trainer, step: int) -> dict[str, float]:
     cfg = trainer.cfg
     timer = PhaseTimer()
+    extra = {}
+    every = cfg.diagnostics.measure_every
+    if trainer.groups is not None and every > 0 and (step - 1) % every == 0:
+        with timer("measure"):
+            extra = measure_large(trainer, step)
     with timer("sample"):
         prompts = sample_prompts(cfg, trainer.tasks, trainer.sampling, step)
     with timer("rollout"):
@@ -328,18 +430,20 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
         rolled, rewards, len(trainer.tasks), loss_agg=cfg.grpo.loss_agg,
         loss_constant=cfg.grpo.loss_constant or cfg.rollout.max_new_tokens,
         scale_rewards=cfg.grpo.scale_rewards, reward_std=cfg.grpo.reward_std,
+        loss_scale=[t.loss_scale for t in cfg.tasks],
     )  # fmt: skip
     measure = trainer.groups is not None and (step - 1) % cfg.diagnostics.every == 0
-    balancing = cfg.balance.strategy != "uniform"
-    old_logprobs, stats = None, {}
+    # The first, on-policy update is the one measured; a strategy balances every update, and the
+    # per-task AdamW moments need every update's parts.
+    every_update = cfg.balance.strategy != "uniform" or trainer.momentum is not None
+    old_logprobs, stats, window = None, {}, None
     for inner in range(cfg.grpo.inner_updates):
-        # The first, on-policy update is the one measured; a strategy balances every update.
-        capture = measure and (inner == 0 or balancing)
+        capture = measure and (inner == 0 or every_update)
         with timer("backward"):
             result = backward_groups(trainer, batch, old_logprobs, capture)
         if inner == 0:
             old_logprobs = result.logprobs
-            stats = task_statistics(batch, result.sums, trainer.ref_model is not None)
+            stats = rollout_statistics(batch, result.sums, trainer.ref_model is not None)
             metrics.update(rollout_metrics(trainer, batch, stats, result.sums))
         buffer = trainer.groups.buffer if capture else None
         fault = check_backward(result.sums.loss, rolled.task_index, trainer.task_names, buffer)
@@ -349,15 +453,15 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
         balanced = None
         if capture:
             with timer("balance"):
-                balanced = balance(trainer, batch, stats, step)
+                balanced, window = balance(trainer, batch, stats, step, window)
             if inner == 0:
-                metrics.update(balance_metrics(trainer.task_names, balanced))
+                metrics.update(balance_metrics(trainer.task_names, balanced, trainer.groups))
         with timer("optimizer"):
-            measured = balanced if inner == 0 else None
-            metrics.update(update(trainer, step, measured, first=inner == 0))
+            metrics.update(update(trainer, step, balanced, first=inner == 0))
         if M.SKIPPED in metrics:  # the combined gradient was non-finite (optimizer_step)
             metrics.update(skip_update(trainer, step, inner, Fault("gradient")))
             break
+    metrics.update(extra)
     metrics.update(timer.metrics())
     return metrics
 
@@ -404,22 +508,39 @@ def _seed(*parts: object) -> int:
 # --- evaluation -------------------------------------------------------------------------------
 
 
-def evaluate(trainer: Trainer) -> dict[str, float]:
-    """Greedy held-out accuracy per task on its fixed evaluation set."""
+def eval_due(cfg: Config, step: int) -> bool:
+    """Evaluate at ``step``? (0 is the evaluation before training; see EvalConfig.every.)"""
+    every = cfg.eval.every
+    if every is None:
+        return step in (0, cfg.steps // 2, cfg.steps)
+    return every > 0 and (step == 0 or step % every == 0 or step == cfg.steps)
+
+
+def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
+    """Held-out accuracy per task on its fixed evaluation set (greedy, or avg@k with
+    ``eval.samples`` = k); the per-prompt outcomes (how many of the k completions are correct)
+    go to the run directory's evals.jsonl, for paired comparisons over prompts."""
     cfg = trainer.cfg
+    k = cfg.eval.samples
     out: dict[str, float] = {}
+    outcomes: dict[str, list[int]] = {}
     for task in trainer.tasks:
         samples = task.eval_set()
         rollout = generate(
-            trainer.policy, trainer.tokenizer, samples, [0] * len(samples), group_size=1,
+            trainer.policy, trainer.tokenizer, samples, [0] * len(samples), group_size=max(k, 1),
             max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-            temperature=1.0, top_p=1.0, seed=0, chat_template=cfg.model.chat_template,
-            max_prompt_tokens=cfg.model.max_prompt_tokens,
-            generation_batch=cfg.rollout.generation_batch, greedy=True,
+            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=0,
+            chat_template=cfg.model.chat_template, max_prompt_tokens=cfg.model.max_prompt_tokens,
+            generation_batch=cfg.rollout.generation_batch, greedy=k == 0,
         )  # fmt: skip
-        scored = task.rewards(samples, rollout.completions)
-        out[M.eval_key(task.name)] = sum(r.value >= 1.0 for r in scored) / len(scored)
-    out[M.EVAL_MEAN] = sum(out.values()) / len(trainer.tasks)
+        g = rollout.group_size
+        scored = task.rewards([s for s in samples for _ in range(g)], rollout.completions)
+        correct = [int(r.value >= 1.0) for r in scored]  # [n * g], grouped by prompt
+        outcomes[task.name] = [sum(correct[i : i + g]) for i in range(0, len(correct), g)]
+        out[M.eval_key(task.name)] = sum(correct) / len(correct)
+    scored_tasks = [M.eval_key(t.name) for t in cfg.tasks if t.scored]  # a distractor's is noise
+    out[M.EVAL_MEAN] = sum(out[key] for key in scored_tasks) / len(scored_tasks)
+    trainer.run.log_eval(step, outcomes, samples=max(k, 1))
     return out
 
 
@@ -446,8 +567,8 @@ def train_loop(trainer: Trainer) -> Path:
     cfg = trainer.cfg
     run, progress = trainer.run, make_progress(cfg)
     last_checkpoint = time.monotonic()
-    if trainer.step == 0 and cfg.eval.every > 0:
-        initial = evaluate(trainer)
+    if trainer.step == 0 and eval_due(cfg, 0):
+        initial = evaluate(trainer, 0)
         if cfg.diagnostics.probe_every > 0 and cfg.diagnostics.enabled:
             trainer.probe_last = trainer.prober()
             initial.update(probe.probe_rewards(trainer.probe_last))
@@ -462,8 +583,8 @@ def train_loop(trainer: Trainer) -> Path:
                 now = trainer.prober()
                 metrics.update(probe.probe_gains(now, trainer.probe_last))
                 trainer.probe_last = now
-            if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == cfg.steps):
-                metrics.update(evaluate(trainer))
+            if eval_due(cfg, step):
+                metrics.update(evaluate(trainer, step))
             trainer.skipped = skipped_in_a_row(trainer.skipped, metrics)
             run.log({M.STEP: step, **metrics})
             trainer.step = step  # complete once logged (what an interruption reports)

@@ -21,6 +21,7 @@ import torch
 
 from taskgrad.balancing import STRATEGIES, Strategy
 from taskgrad.config import Config, ConfigError
+from taskgrad.diagnostics.gradient import TaskMomentum
 from taskgrad.diagnostics.probe import Prober, ProbeRewards
 from taskgrad.gradients import GroupGradients, scope_names
 from taskgrad.numerics import check_parameters
@@ -29,7 +30,7 @@ from taskgrad.registry import parse_options
 from taskgrad.rundir import RunDir, note
 from taskgrad.tasks import Task, build_tasks
 
-CHECKPOINT_SCHEMA = 2  # 1: before the step records (it also held the last task weights)
+CHECKPOINT_SCHEMA = 3  # 1: before the step records; 2: before windows and task momenta
 
 
 @dataclass
@@ -53,6 +54,9 @@ class Trainer:
     history: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     probe_last: ProbeRewards = field(default_factory=dict)  # the last probe's rewards
     skipped: int = 0  # steps skipped in a row, up to the last completed one (numerics.py)
+    # the last diagnostics.window measured steps of the TaskWindow statistics: name -> rows [K]
+    windows: dict[str, list[list[float]]] = field(default_factory=dict)
+    momentum: TaskMomentum | None = None  # AdamW's first moment split by task
 
     @property
     def task_names(self) -> list[str]:
@@ -75,6 +79,8 @@ class Trainer:
             "strategy": self.strategy.state_dict(),
             "sampling": self.sampling,
             "skipped": self.skipped,
+            "windows": copy.deepcopy(self.windows),
+            "momentum": self.momentum.state_dict() if self.momentum is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -85,6 +91,12 @@ class Trainer:
         self.strategy.load_state_dict(state.get("strategy", {}))
         self.sampling = state.get("sampling")
         self.skipped = state.get("skipped", 0)
+        self.windows = copy.deepcopy(state.get("windows", {}))
+        if self.momentum is not None:
+            if state.get("momentum") is None:  # a checkpoint from before: the split is unknown
+                self.momentum.valid = False
+            else:
+                self.momentum.load_state_dict(state["momentum"])
         self.step = state["step"]
 
 
@@ -171,7 +183,9 @@ def _build(cfg: Config, run: RunDir | None, path: Path) -> Trainer:
         )
     set_seed(cfg.seed)
     random.seed(cfg.seed)
-    tasks = build_tasks(cfg.tasks, eval_size=cfg.eval.size, seed=cfg.seed)
+    tasks = build_tasks(
+        cfg.tasks, eval_size=cfg.eval.size, seed=cfg.seed, eval_split=cfg.eval.split
+    )
     check_tasks(tasks)
     log = accelerator.print
     model_path = resolve_model_path(cfg.model, cfg.tasks, tasks, log=log)
@@ -204,6 +218,9 @@ def _build(cfg: Config, run: RunDir | None, path: Path) -> Trainer:
     options = parse_options(cls, cfg.balance.options, "balance.options", num_tasks=len(tasks))
     strategy = cls(len(tasks), options)
     prober = Prober(unwrapped, tokenizer, tasks, cfg)
+    momentum = None
+    if groups is not None and cfg.diagnostics.momentum_on():
+        momentum = TaskMomentum(groups, len(tasks), cfg.optim.betas[0])
     n_params = sum(p.numel() for p in model.parameters())
     versions = {"model_path": model_path, "parameters": n_params, "device": str(accelerator.device)}
     state = None
@@ -225,7 +242,7 @@ def _build(cfg: Config, run: RunDir | None, path: Path) -> Trainer:
     trainer = Trainer(
         cfg=cfg, run=run, accelerator=accelerator, model=model, tokenizer=tokenizer,
         ref_model=ref_model, tasks=tasks, optimizer=optimizer, scheduler=scheduler,
-        groups=groups, strategy=strategy, prober=prober,
+        groups=groups, strategy=strategy, prober=prober, momentum=momentum,
     )  # fmt: skip
     if state is not None:
         trainer.load_state_dict(state)
@@ -262,12 +279,13 @@ def check_buffer_fits(model, cfg: Config, num_tasks: int, device, log) -> None:
 
     What must still fit: the buffers and AdamW's two moments (allocated at the first step).
     """
-    n, size = buffer_bytes(model, cfg.diagnostics.scope, 2 * num_tasks)
+    groups = 2 * num_tasks + (num_tasks if cfg.diagnostics.momentum_on() else 0)
+    n, size = buffer_bytes(model, cfg.diagnostics.scope, groups)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer_bytes = 2 * sum(p.numel() * p.element_size() for p in trainable)  # AdamW moments
     free = device_free_bytes(device)
     log(
-        f"gradient buffers: scope {cfg.diagnostics.scope}, {2 * num_tasks} groups x "
+        f"gradient buffers: scope {cfg.diagnostics.scope}, {groups} rows x "
         f"{n / 1e6:.2f}M parameters = {size / 2**30:.3f} GiB on {device}"
     )
     if size + optimizer_bytes > free:

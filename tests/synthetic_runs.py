@@ -59,21 +59,23 @@ def step_record(
             M.grad_key("full", task, "sqnorm_naive"): abs(u) * 1.5 + 1e-6,
             M.grad_key("full", task, "noise"): abs(u) * 1.5 + 1e-6 - u,
             M.grad_key("full", task, "update_share"): 1 / len(tasks),
-            M.grad_key("full", task, "adam_share"): 1 / len(tasks),
+            M.grad_key("full", task, "precond_share"): 1 / len(tasks),
+            M.grad_key("full", task, "applied_share"): 1 / len(tasks),
             M.grad_key("full", task, "step_share"): 1 / len(tasks),
-            M.grad_key("full", task, "adam_sqnorm_unbiased"): u * 2,
+            M.grad_key("full", task, "precond_sqnorm"): u * 2,
             M.grad_key("proxy", task, "sqnorm_unbiased"): (
                 u * 0.1 * math.exp(0.1 * rng.standard_normal())
             ),
         }
     us = [rec[M.grad_key("full", t, "sqnorm_unbiased")] for t in tasks]
     rec[M.grad_scope_key("full", "imbalance")] = _imbalance(us)
-    rec[M.grad_scope_key("full", "adam_imbalance")] = _imbalance([2 * v for v in us])
+    rec[M.grad_scope_key("full", "precond_imbalance")] = _imbalance([2 * v for v in us])
     for a in range(len(tasks)):
         for b in range(a + 1, len(tasks)):
-            rec[M.cos_key("full", tasks[a], tasks[b])] = (
-                0.1 * (a - b) + 0.05 * rng.standard_normal()
-            )
+            cos = 0.1 * (a - b) + 0.05 * rng.standard_normal()
+            rec[M.cos_key("full", tasks[a], tasks[b])] = cos
+            planted = arrays.get("cos", {}).get((a, b), cos)
+            rec[M.inner_key("full", tasks[a], tasks[b])] = planted * math.sqrt(abs(us[a] * us[b]))
     return rec
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from taskgrad.balancing import STRATEGIES, Balance, Strategy, TaskGradStats
+from taskgrad.balancing.base import TaskWindow
 
 KINDS = ("attention", "mlp", "embeddings", "norms")
 DIM = 16  # coordinates; each module kind owns a quarter of them
@@ -23,10 +24,10 @@ NAMES = STRATEGIES.names()
 SCALE_INVARIANT = {n for n in NAMES if STRATEGIES.get(n).scale_invariant}
 GRADIENT_BLIND = {n for n in NAMES if not STRATEGIES.get(n).needs_gradients}
 ORDER_DEPENDENT = {n for n in NAMES if STRATEGIES.get(n).order_dependent}
-STATS = ("reward", "abs_advantage", "zero_adv_share", "response_length")
+STATS = ("reward", "abs_advantage", "zero_adv_share", "response_length", "objective_scale")
 
 
-def build(halves, shares, stats, gains, step: int, tasks=None) -> TaskGradStats:
+def build(halves, shares, stats, gains, step: int, tasks=None, window=None) -> TaskGradStats:
     """TaskGradStats of half gradients ``halves`` [K, 2, D] with shares [K, 2]."""
     k = halves.shape[0]
     rows = (shares[..., None] * halves).reshape(2 * k, -1)  # [2K, D] G_m, m = 2k + h
@@ -39,7 +40,7 @@ def build(halves, shares, stats, gains, step: int, tasks=None) -> TaskGradStats:
     return TaskGradStats(
         tasks=tasks or [f"task{i}" for i in range(k)], step=step, group_gram=full, shares=shares,
         module_grams={**grams, "full": full, "proxy": grams["attention"]}, stats=stats,
-        gains=gains,
+        gains=gains, window=window,
     )  # fmt: skip
 
 
@@ -57,7 +58,8 @@ def random_inputs(k: int, seed: int, step: int = 1, edge: bool = False) -> TaskG
         "abs_advantage": 0.05 + 0.9 * torch.rand(k, generator=gen),
         "zero_adv_share": 0.8 * torch.rand(k, generator=gen),
         "response_length": 10 + 90 * torch.rand(k, generator=gen),
-    }  # float32, as the loop builds them
+        "objective_scale": 0.01 + torch.rand(k, generator=gen),
+    }
     gains = 0.1 * torch.randn(k, generator=gen, dtype=torch.float64)
     if edge and k >= 3:
         halves[0] = 0.0  # all advantages zero: an exactly zero gradient
@@ -65,7 +67,19 @@ def random_inputs(k: int, seed: int, step: int = 1, edge: bool = False) -> TaskG
         for v in stats.values():
             v[1] = math.nan
         gains[1] = math.nan
-    return build(halves, shares / shares.sum(), stats, gains, step)
+    window = random_window(k, gen)
+    if edge and k >= 3:
+        for v in (*window.mean.values(), *window.se.values()):
+            v[1] = math.nan
+    return build(halves, shares / shares.sum(), stats, gains, step, window=window)
+
+
+def random_window(k: int, gen: torch.Generator) -> TaskWindow:
+    names = ("sqnorm_unbiased", "sqnorm_naive", "reward", "abs_advantage", "zero_adv_share")
+    mean = {n: torch.rand(k, generator=gen, dtype=torch.float64) for n in names}
+    mean["sqnorm_unbiased"] = mean["sqnorm_unbiased"] - 0.3  # some not detectable
+    se = {n: 0.1 * torch.rand(k, generator=gen, dtype=torch.float64) for n in names}
+    return TaskWindow(10, mean, se)
 
 
 def permute(s: TaskGradStats, perm: torch.Tensor) -> TaskGradStats:
@@ -80,6 +94,10 @@ def permute(s: TaskGradStats, perm: torch.Tensor) -> TaskGradStats:
         shares=s.shares[perm], module_grams={n: block(q) for n, q in s.module_grams.items()},
         stats={n: v[perm] for n, v in s.stats.items()},
         gains=None if s.gains is None else s.gains[perm],
+        window=None if s.window is None else TaskWindow(
+            s.window.steps, {n: v[perm] for n, v in s.window.mean.items()},
+            {n: v[perm] for n, v in s.window.se.items()},
+        ),
     )  # fmt: skip
 
 
@@ -94,8 +112,20 @@ def rescale(s: TaskGradStats, task: int, c: float) -> TaskGradStats:
     return TaskGradStats(
         tasks=s.tasks, step=s.step, group_gram=scaled(s.group_gram), shares=s.shares,
         module_grams={n: scaled(q) for n, q in s.module_grams.items()}, stats=s.stats,
-        gains=s.gains,
+        gains=s.gains, window=rescale_window(s.window, task, c),
     )  # fmt: skip
+
+
+def rescale_window(w: TaskWindow | None, task: int, c: float) -> TaskWindow | None:
+    """The window of a task whose gradient is c times larger: its squared norms c^2 times."""
+    if w is None:
+        return None
+    mean, se = dict(w.mean), dict(w.se)
+    for name in ("sqnorm_unbiased", "sqnorm_naive"):
+        factor = torch.ones_like(mean[name])
+        factor[task] = c * c
+        mean[name], se[name] = mean[name] * factor, se[name] * factor
+    return TaskWindow(w.steps, mean, se)
 
 
 def make(name: str, k: int) -> Strategy:
@@ -204,9 +234,10 @@ def corrupt(s: TaskGradStats, reads: frozenset[str], seed: int) -> TaskGradStats
     module_grams = s.module_grams if "module_grams" in reads else {
         name: q * 3.7 for name, q in s.module_grams.items()
     }  # fmt: skip
+    window = s.window if "window" in reads else random_window(k, gen)
     return TaskGradStats(
         tasks=s.tasks, step=s.step, group_gram=gram, shares=s.shares, module_grams=module_grams,
-        stats=stats, gains=gains,
+        stats=stats, gains=gains, window=window,
     )  # fmt: skip
 
 

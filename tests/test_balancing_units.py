@@ -326,10 +326,51 @@ def test_gain_aware_puts_effort_where_gain_is():
     torch.testing.assert_close(a, torch.tensor([0.95, 0.025]).double() / 0.975)
 
 
+def with_window(s: TaskGradStats, signal, total, se=None) -> TaskGradStats:
+    """``s`` with a TaskWindow of the given window means of the split-half (signal) and sample
+    (signal + noise) squared norms."""
+    from taskgrad.balancing.base import TaskWindow
+
+    def vec(v):
+        return torch.as_tensor(v, dtype=torch.float64)
+
+    zeros = vec([0.0] * s.num_tasks)
+    se = {"sqnorm_unbiased": vec(se) if se is not None else zeros, "sqnorm_naive": zeros}
+    s.window = TaskWindow(10, {"sqnorm_unbiased": vec(signal), "sqnorm_naive": vec(total)}, se)
+    return s
+
+
+def test_signal_share_puts_each_signal_on_a_unit_scale_shrunk_by_its_signal_fraction():
+    # window means S = [4, 1, -0.5], S + N = [8, 4, 9]: f = [0.5, 0.25, <0];
+    # a = sqrt(S) / (S + N) = [2/8, 1/4, 0] = [0.25, 0.25, 0] -> normalised [0.5, 0.5, 0].
+    s = with_window(exact([[1, 0, 0, 0], [0, 2, 0, 0], [0, 0, 3, 0]]), [4, 1, -0.5], [8, 4, 9])
+    torch.testing.assert_close(coefficients(weights_of("signal_share", s), s),
+                               torch.tensor([0.5, 0.5, 0.0]).double())  # fmt: skip
+    # a distractor (no signal, large sample norm) gets nothing; a 10x loss scale is undone:
+    # task 1 is task 0 scaled by 10 (S and S + N times 100): a_1 = 20 / 800 = a_0 / 10.
+    s = with_window(exact([[1, 0, 0, 0], [0, 10, 0, 0], [0, 0, 30, 0]]), [4, 400, 0.0],
+                    [8, 800, 900])  # fmt: skip
+    torch.testing.assert_close(coefficients(weights_of("signal_share", s), s),
+                               torch.tensor([10 / 11, 1 / 11, 0.0]).double())  # fmt: skip
+
+
+def test_signal_share_z_zeroes_tasks_whose_signal_is_not_detectable():
+    # S = [4, 1] with standard errors [1, 1]: at z = 2 only task 0 clears 2 se.
+    s = with_window(exact([[1, 0, 0, 0], [0, 2, 0, 0]]), [4, 1], [8, 4], se=[1, 1])
+    assert coefficients(weights_of("signal_share", s, z=2.0), s).tolist() == [1.0, 0.0]
+    assert weights_of("signal_share", s, z=0.0).tolist() == [1.0, 1.0]  # equal a, equal shares
+
+
+def test_signal_share_is_the_plain_mix_when_no_task_has_signal():
+    s = with_window(exact([[1, 0, 0, 0], [0, 2, 0, 0]]), [0, -1], [8, 4])
+    assert weights_of("signal_share", s).tolist() == [1.0, 1.0]
+
+
 @pytest.mark.parametrize(
     ("name", "options"),
     [
         ("equal_norm", {"ema": 1.0}),
+        ("signal_share", {"z": -1.0}),
         ("mgda", {"floor": 0.0}),
         ("pcgrad", {"order": "sorted"}),
         ("cagrad", {"c": -1.0}),
@@ -344,3 +385,32 @@ def test_gain_aware_puts_effort_where_gain_is():
 def test_invalid_options_fail_with_a_value_error(name, options):
     with pytest.raises(ValueError, match=r"balance\.options"):
         STRATEGIES.get(name)(2, **options)
+
+
+def test_equal_task_weighs_each_tasks_objective_once():
+    # shares s = [0.3, 0.7]: a = [1/2, 1/2] -> w = a / s * S = [1.667, 0.714]; the update
+    # sum_k w_k G_k = sum_k w_k s_k g_k = (g_0 + g_1) / 2
+    shares = torch.tensor([[0.1, 0.2], [0.3, 0.4]], dtype=torch.float64)
+    s = exact([[1.0, 0, 0, 0], [0, 1.0, 0, 0]], shares=shares)
+    w = weights_of("equal_task", s)
+    assert w.tolist() == pytest.approx([0.5 / 0.3, 0.5 / 0.7])
+    assert (w * shares.sum(1)).tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_objective_scale_by_hand():
+    """kappa_k: (1 - 1/G) * mean advantage scale * lambda_k (batch.objective_scale)."""
+    from taskgrad.batch import make_batch, objective_scale
+    from tests.fakes import fake_rollout
+
+    rollout = fake_rollout([1, 1], group_size=4, new_tokens=5)
+    rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0])
+    # constant aggregation, no scaling: kappa = (1 - 1/4) / L_const = 0.75 / 5
+    batch = make_batch(rollout, rewards, 2, loss_agg="constant", loss_constant=5,
+                       scale_rewards=False)  # fmt: skip
+    assert objective_scale(batch, 0) == pytest.approx(0.75 / 5)
+    # token_mean, population std of [1, 0, 0, 0] = sqrt(3)/4: kappa = .75 / (std + 1e-4) / len
+    batch = make_batch(rollout, rewards, 2, loss_agg="token_mean", loss_constant=5,
+                       scale_rewards=True)  # fmt: skip
+    lengths = rollout.response_mask[:4].sum(1)
+    expected = 0.75 / (3**0.5 / 4 + 1e-4) / float(lengths.mean())
+    assert objective_scale(batch, 0) == pytest.approx(expected, rel=1e-6)

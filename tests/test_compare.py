@@ -1,13 +1,18 @@
-"""The comparison harness on synthetic run directories with planted accuracy differences."""
+"""The comparison harness on synthetic run directories with planted accuracy differences (and
+per-prompt outcomes in evals.jsonl)."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import zlib
 
 import numpy as np
 import pytest
 
 from taskgrad.analysis.compare import (
+    ENDPOINTS,
     TUNE_SEED,
     compare,
     plan,
@@ -16,22 +21,47 @@ from taskgrad.analysis.compare import (
     static_grid,
     tune_static,
 )
-from taskgrad.analysis.compare_report import paired_differences
 from taskgrad.analysis.reproduce import Planned, RunsFailed, run_all
-from taskgrad.analysis.runs import load_run
+from taskgrad.analysis.runs import load_run, read_evals
 from taskgrad.stats import mean_ci
 from tests.synthetic_runs import write_run
 
 STEPS = 20
 
 
+PROMPTS = 100  # held-out prompts per task in the synthetic evals.jsonl
+
+
 def planted(path, strategy: str, seed: int, lift: float, extra: tuple[str, ...] = ()):
-    """Rewards rise linearly from .3 to .6 for every task, plus ``lift`` for this strategy."""
+    """Rewards rise linearly from .3 to .6 for every task, plus ``lift`` for this strategy;
+    final held-out accuracy .5 (.3 for the worst task) + lift + .01 x seed (in hundredths, so
+    that evals.jsonl's 100 outcomes per task give it exactly)."""
     t = np.linspace(0.3, 0.6, STEPS)[:, None] + lift + 0.01 * (seed % 10)  # [T, 1]
     rewards = np.repeat(t, 4, axis=1)  # [T, K]
     rewards[:, 3] -= 0.2  # the worst task
     overrides = (f"balance.strategy={strategy}", "eval.every=5", *extra)
-    return write_run(path, seed=seed, steps=STEPS, overrides=overrides, arrays={"reward": rewards})
+    path = write_run(path, seed=seed, steps=STEPS, overrides=overrides, arrays={"reward": rewards})
+    write_evals(path, seed)
+    return path
+
+
+def write_evals(path, seed: int) -> None:
+    """evals.jsonl as the trainer writes it: per evaluated step and task, PROMPTS outcomes with
+    round(accuracy x PROMPTS) correct, drawn with fixed per-prompt easiness (the same prompts on
+    every seed and strategy: they pair) and per-run chance."""
+    run = load_run(path)
+    easy = np.random.default_rng(123).normal(size=(len(run.tasks), PROMPTS))  # per task, prompt
+    rng = np.random.default_rng([seed, zlib.crc32(path.name.encode())])
+    lines = []
+    for step, row in run.heldout().iterrows():
+        for k, task in enumerate(run.tasks):
+            order = np.argsort(-(easy[k] + rng.normal(size=PROMPTS)))  # easiest first, noisily
+            bits = np.zeros(PROMPTS, dtype=int)
+            bits[order[: round(row[task] * PROMPTS)]] = 1
+            lines.append(
+                json.dumps({"step": int(step), "task": task, "correct": "".join(map(str, bits))})
+            )
+    (path / "evals.jsonl").write_text("\n".join(lines) + "\n")
 
 
 def test_plan_matches_compute_and_reserves_keys():
@@ -50,6 +80,14 @@ def test_static_grid_by_hand():
     assert static_grid(3, factor=2.0) == [[1, 1, 1], [2, 1, 1], [1, 2, 1], [1, 1, 2]]
 
 
+def contrast_row(table: str, section: str, a: str, b: str) -> list[str] | None:
+    """The cells of the row ``a | b`` in the compare.md section headed ``section``."""
+    part = table.split(f"## {section}\n")[1].split("\n## ")[0]
+    lines = [ln for ln in part.splitlines() if ln.startswith(f"| {a} | {b} |")]
+    assert len(lines) <= 1
+    return [c.strip() for c in lines[0].strip("|").split("|")] if lines else None
+
+
 def weights_arg(weights) -> str:
     return "balance.options.weights=[" + ", ".join(f"{w:g}" for w in weights) + "]"
 
@@ -57,26 +95,53 @@ def weights_arg(weights) -> str:
 def test_tuned_static_is_the_best_of_the_sweep_and_is_compared(tmp_path):
     out, common = tmp_path / "out", [f"steps={STEPS}", "eval.every=5"]
     grid = static_grid(4)
+    noise = {TUNE_SEED: 0.0, TUNE_SEED + 1: 0.01, TUNE_SEED + 2: -0.01}  # per weighting and seed
     for i, weights in enumerate(grid):  # weighting 3 is planted best (+.1), weighting 1 second
-        lift = {3: 0.1, 1: 0.05}.get(i, 0.0)
-        planted(out / "tune" / "runs" / f"static{i}-s{TUNE_SEED}", "static", TUNE_SEED, lift,
-                (weights_arg(weights),))  # fmt: skip
+        for seed in range(TUNE_SEED, TUNE_SEED + 3):
+            lift = {3: 0.1, 1: 0.05}.get(i, 0.0) + noise[seed] * (1 if i % 2 else -1)
+            planted(out / "tune" / "runs" / f"static{i}-s{seed}", "static", seed, lift,
+                    (weights_arg(weights), "eval.split=tune"))  # fmt: skip
     for seed in (0, 1):
         planted(out / "runs" / f"uniform-s{seed}", "uniform", seed, 0.0)
         planted(out / "runs" / f"static-s{seed}", "static", seed, 0.02, (weights_arg(grid[3]),))
-    compare(["uniform", "static"], seeds=2, out=out, overrides=common)
+    compare(["uniform", "static"], seeds=2, out=out, overrides=common)  # 3 tuning seeds
     sweep = (out / "tune_static.md").read_text()
     chosen = [line for line in sweep.splitlines() if line.endswith("| yes |")]
     assert chosen == [line for line in sweep.splitlines() if line.startswith("| [1, 1, 2, 1]")]
+    # score = (mean + worst) / 2 = .5 + lift - .1 - .05 on seed 1000: the chosen is +10 over
+    # the uniform mix on every tuning seed up to the planted +-1 -> a clear, tight difference
+    assert "Chosen: [1, 1, 2, 1], 10.0 [" in sweep and "distinguishable from the uniform" in sweep
+    assert "not distinguishable" not in sweep
+    # the uniform mix: final mean .45 + .01 x (seed % 10) - noise = .45, .45, .48 -> 46.0
+    assert "| [1, 1, 1, 1] | 46.0 [" in sweep
     table = (out / "compare.md").read_text()
     assert "`static` weights: [1, 1, 2, 1] (tuned, see tune_static.md)." in table
-    assert "| mean vs uniform | worst vs uniform | mean vs static | worst vs static |" in table
-    uniform_row = next(line for line in table.splitlines() if line.startswith("| uniform"))
-    assert uniform_row.endswith("| - | - | -2.0 [-2.0, -2.0] | -2.0 [-2.0, -2.0] |")
+    for endpoint in ENDPOINTS:  # static - uniform once (uniform is the baseline), +2 exactly
+        assert contrast_row(table, f"Differences: {endpoint}", "uniform", "static") is None
+        assert contrast_row(table, f"Differences: {endpoint}", "static", "uniform")[2:3] == [
+            "2.0 [2.0, 2.0]"
+        ]
     figures = sorted(p.name for p in (out / "figures").glob("*forest*"))
-    assert figures == ["03-compare-forest-uniform.png", "04-compare-forest-static.png"]
+    assert figures == ["03-compare-forest-uniform.png"]  # static is nobody else's reference
     # the static runs found under runs/ are reused only because their weights are the chosen ones
     assert tune_static("default", out, common) == [1, 1, 2, 1]
+
+
+def test_tuning_that_cannot_tell_the_chosen_from_uniform_says_so():
+    import pandas as pd
+
+    from taskgrad.analysis.compare import tuning_summary
+
+    rng = np.random.default_rng(0)
+    finals = {  # 3 weightings x 3 seeds x 2 tasks, the second +.5 points on noise of 5 points
+        f"w{i}": pd.DataFrame(0.5 + 0.005 * (i == 1) + 0.05 * rng.standard_normal((3, 2)),
+                              columns=["a", "b"], index=[1000, 1001, 1002])
+        for i in range(3)
+    }  # fmt: skip
+    lines, best = tuning_summary([[1, 1], [2, 1], [1, 2]], finals)
+    text = "\n".join(lines)
+    assert "not distinguishable from the uniform mix" in text or best == 0
+    assert "Dunnett's critical value" in text and "on 4 df" in text  # (3 - 1) x (3 - 1)
 
 
 def test_run_all_reuses_finished_runs_and_refuses_another_configuration(tmp_path):
@@ -143,18 +208,17 @@ def test_compare_reuses_runs_and_recovers_the_planted_lift(tmp_path):
         overrides=[f"steps={STEPS}", "eval.every=5"],
     )
     table = (out / "compare.md").read_text()
-    static_row = next(line for line in table.splitlines() if line.startswith("| equal_norm"))
-    # +0.1 reward -> +10 accuracy points on every seed: paired difference 10.0, zero width
-    assert "| 10.0 [10.0, 10.0] | 10.0 [10.0, 10.0] |" in static_row
+    # +0.1 reward -> +10 accuracy points on every seed and task: zero residual, a zero-width
+    # interval, better on both endpoints
+    for endpoint in ENDPOINTS:
+        cells = contrast_row(table, f"Differences: {endpoint}", "equal_norm", "uniform")
+        assert cells[2] == "10.0 [10.0, 10.0]" and cells[-1] == "better"
     assert (out / "report.html").exists()
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures == [
         "01-compare-curves.png", "02-compare-tasks.png", "03-compare-forest-uniform.png",
         "04-compare-effort.png", "05-compare-imbalance.png",
     ]  # fmt: skip
-    by = {n: [load_run(runs / f"{n}-s{s}") for s in (0, 1)] for n in ("uniform", "equal_norm")}
-    for reduce in ("mean", "min"):
-        assert paired_differences(by, "uniform", reduce)["equal_norm"] == pytest.approx([0.1, 0.1])
 
 
 def test_cli_compare_unknown_strategy_is_one_line(tmp_path):
@@ -189,3 +253,76 @@ def test_score_tokens_and_minutes_by_hand(tmp_path):
     assert s.final_mean == pytest.approx(0.625) and s.final_worst == pytest.approx(0.25)
     assert s.steps_to_target == 0  # the worst task starts at .5 >= .25
     assert s.auc == pytest.approx((0.5 + 0.625) / 2)  # two evaluations: a trapezoid over 2 steps
+
+
+def test_evals_reader_keeps_the_last_of_repeated_lines(tmp_path):
+    lines = [
+        {"step": 0, "task": "a", "correct": "0101"},
+        {"step": 5, "task": "a", "correct": "0000"},
+        {"step": 5, "task": "a", "correct": "1110"},  # a resumed run evaluated step 5 again
+    ]
+    (tmp_path / "evals.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    evals = read_evals(tmp_path / "evals.jsonl")
+    assert list(evals) == [0, 5] and evals[5]["a"].tolist() == [1, 1, 1, 0]
+    assert read_evals(tmp_path / "nothing.jsonl") == {}
+
+
+def test_evals_reader_turns_counts_of_k_samples_into_shares(tmp_path):
+    """avg@k (eval.samples = k): each digit counts the prompt's correct completions out of k."""
+    line = {"step": 3, "task": "a", "samples": 4, "correct": "0424"}
+    (tmp_path / "evals.jsonl").write_text(json.dumps(line) + "\n")
+    assert read_evals(tmp_path / "evals.jsonl")[3]["a"].tolist() == [0, 1, 0.5, 1]
+    (tmp_path / "evals.jsonl").write_text(json.dumps({**line, "correct": "05"}) + "\n")
+    with pytest.raises(ValueError, match=r"0\.\.4"):
+        read_evals(tmp_path / "evals.jsonl")
+
+
+def test_compare_end_to_end_with_families_and_prompt_bootstrap(tmp_path):
+    """4 strategies x 4 seeds with per-run noise: the Gram methods (mgda, equal_norm) are also
+    compared with equal_task; planted: mgda +15, equal_task +5, equal_norm 0 points."""
+    runs, lifts = tmp_path / "out" / "runs", {"uniform": 0, "equal_task": 5, "mgda": 15,
+                                              "equal_norm": 0}  # fmt: skip
+    noise = np.random.default_rng(4).integers(-2, 3, size=(4, 4))  # hundredths, per run
+    for j, (name, lift) in enumerate(lifts.items()):
+        for seed in range(4):
+            planted(runs / f"{name}-s{seed}", name, seed, (lift + noise[j, seed]) / 100)
+    out = compare(list(lifts), seeds=4, out=tmp_path / "out",
+                  overrides=[f"steps={STEPS}", "eval.every=5"])  # fmt: skip
+    table = (out / "compare.md").read_text()
+
+    def row(section: str, a: str, b: str) -> list[str]:
+        found = contrast_row(table, section, a, b)
+        assert found is not None, (section, a, b)
+        return found
+
+    mean = "Differences: final mean accuracy (primary)"
+    assert "5 contrast(s) in the family; 4 strategies x 4 seeds" in table  # 3 vs uniform + 2
+    assert row(mean, "mgda", "uniform")[-1] == "better"
+    assert row(mean, "mgda", "equal_task")[-1] == "better"  # the method beyond its base mix
+    assert row(mean, "equal_norm", "uniform")[-1] == "undetermined (within MDE)"
+    assert row(mean, "equal_task", "uniform")[-1] == "better"  # the base-mix change itself
+    noisy = row(mean, "equal_norm", "uniform")
+    estimate, low, high = (float(x) for x in re.findall(r"-?\d+\.\d", noisy[2]))
+    assert low < 0 < high and float(noisy[6]) > abs(estimate)  # the interval holds 0, < MDE
+    assert float(noisy[3]) >= float(noisy[5])  # Dunnett p >= unadjusted p
+    # the per-seed difference of mean accuracy equals the planted lifts' difference per seed
+    planted_sd = np.std(noise[3] - noise[0], ddof=1)
+    assert float(noisy[7]) == pytest.approx(planted_sd, abs=0.06)  # rounding to 0.1 points
+    boot = row("Held-out prompts and seeds", "mgda", "equal_task")
+    assert boot[2] == "4"
+    assert float(boot[3]) == pytest.approx(10 + np.mean(noise[2] - noise[1]), abs=0.051)
+    figures = sorted(p.name for p in (out / "figures").glob("*forest*"))
+    assert figures == ["03-compare-forest-uniform.png", "04-compare-forest-equal_task.png"]
+    assert "simultaneous 95%" in (out / "report.md").read_text()
+
+
+def test_one_seed_compares_without_intervals(tmp_path):
+    runs = tmp_path / "out" / "runs"
+    planted(runs / "uniform-s0", "uniform", 0, 0.0)
+    planted(runs / "equal_norm-s0", "equal_norm", 0, 0.03)
+    out = compare(["uniform", "equal_norm"], seeds=1, out=tmp_path / "out",
+                  overrides=[f"steps={STEPS}", "eval.every=5"])  # fmt: skip
+    table = (out / "compare.md").read_text()
+    cells = contrast_row(table, f"Differences: {ENDPOINTS[0]}", "equal_norm", "uniform")
+    assert cells[2:] == ["3.0", "-", "-", "-", "-", "-", "undetermined (within MDE)"]
+    assert "no residual degrees of freedom (one seed)" in table

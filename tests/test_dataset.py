@@ -34,8 +34,12 @@ def test_split_is_deterministic_disjoint_and_sized(tmp_path: Path) -> None:
     held_out = [s.prompt for s in task.eval_set()]
     assert len(held_out) == 5 == len(set(held_out))
     assert held_out == [s.prompt for s in Dataset(path=str(path), eval_fraction=0.25).eval_set()]
-    assert held_out != [
+    # the same split for every run seed, so that seeds are scored on the same prompts
+    assert held_out == [
         s.prompt for s in Dataset(path=str(path), eval_fraction=0.25, seed=3).eval_set()
+    ]
+    assert held_out != [
+        s.prompt for s in Dataset(path=str(path), eval_fraction=0.25, name="other").eval_set()
     ]
     rng = random.Random(0)
     drawn = {task.sample(rng).prompt for _ in range(300)}

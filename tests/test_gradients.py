@@ -389,3 +389,34 @@ def test_real_sampling_splits_prompts_not_completions(small_model, tokenizer):
         for k in range(len(tasks)):
             halves = [h for t, h in zip(prompts.task_index, prompts.half, strict=True) if t == k]
             assert sorted(halves) == [0, 0, 0, 1, 1]
+
+
+def test_loss_scale_multiplies_the_tasks_gradient_not_its_share(small_model):
+    """An environment-side loss scale: task 0's group rows are exactly 3x, the shares unchanged
+    (so every estimator sees a 9x larger squared norm, as for an intrinsic imbalance)."""
+    rollout = fake_rollout([2, 2], halves=[0, 1, 0, 1])
+    rewards = torch.tensor([1.0, 0, 0, 1] * 4, dtype=torch.float64)
+    rows = []
+    for scale in ([1.0, 1.0], [3.0, 1.0]):
+        trainer = fake_trainer(small_model, 2)
+        batch = make_batch(rollout, rewards, 2, loss_agg="token_mean", loss_constant=5,
+                           scale_rewards=True, loss_scale=scale)  # fmt: skip
+        trainer.groups = GroupGradients(small_model, "full", num_groups=4)
+        backward_groups(trainer, batch, None, capture=True)
+        rows.append((trainer.groups.buffer.clone(), batch.shares))
+    (plain, shares), (scaled, scaled_shares) = rows
+    assert torch.equal(shares, scaled_shares)
+    assert close(scaled[:2], 3 * plain[:2]) and close(scaled[2:], plain[2:])
+
+
+def test_distractor_reward_ignores_the_completion():
+    import random
+
+    from taskgrad.tasks import TASKS
+
+    task = TASKS.get("distractor")()
+    samples = [task.sample(random.Random(i)) for i in range(2000)]
+    a = [r.value for r in task.rewards(samples, ["0"] * len(samples))]
+    b = [r.value for r in task.rewards(samples, [s.answer for s in samples])]
+    assert a == b  # the same coins whatever was written
+    assert abs(sum(a) / len(a) - 0.5) < 4 * (0.25 / len(a)) ** 0.5

@@ -80,3 +80,128 @@ def test_diagnostics_do_not_change_the_training_run(model_dir, tmp_path):
     scale = max(p.abs().max().item() for p in params[0])
     print(f"max |param difference| after 4 steps: {max(diffs):.2e} (largest |param| {scale:.2f})")
     assert max(diffs) <= 1e-5 * scale
+
+
+def test_task_momenta_add_up_to_adamw_first_moment(model_dir, tmp_path):
+    """sum_k m_k equals AdamW's exp_avg over the scope after steps with clipping, weight decay,
+    two inner updates and unequal task weights (so every update's parts count)."""
+    extra = [
+        "steps=3", "grpo.inner_updates=2", "optim.max_grad_norm=0.05", "optim.weight_decay=0.1",
+        "balance.strategy=static", "balance.options={weights: [2.0, 0.5, 1.0]}",
+    ]  # fmt: skip
+    cfg = load_config(None, overrides(model_dir, tmp_path, *extra))
+    trainer = setup(cfg, tmp_path / "run", resume=False)
+    for step in (1, 2, 3):
+        metrics = train_step(trainer, step)
+    groups, momentum = trainer.groups, trainer.momentum
+    assert momentum is not None and momentum.valid
+    exp_avg = groups.flat([trainer.optimizer.state[p]["exp_avg"] for _, p in groups.params])
+    total = momentum.buffer.sum(0)
+    assert torch.allclose(total, exp_avg, rtol=1e-4, atol=1e-7 * exp_avg.abs().max().item())
+    shares = [metrics[M.grad_key("full", t, "applied_share")] for t in TASKS]
+    decay = metrics[M.grad_scope_key("full", "decay_share")]
+    assert sum(shares) + decay == pytest.approx(1.0, abs=1e-9) and abs(decay) < 0.5
+
+
+def test_per_module_weights_are_what_the_metrics_report(model_dir, tmp_path):
+    """pcgrad_modular: the logged update shares are those of the update actually applied
+    (per-module weights), recomputed here from the buffers."""
+    from taskgrad.diagnostics.gradient import task_parts
+    from taskgrad.train import (
+        backward_groups,
+        balance,
+        make_batch,
+        rollout,
+        rollout_statistics,
+        sample_prompts,
+        score,
+    )
+
+    cfg = load_config(None, overrides(model_dir, tmp_path, "balance.strategy=pcgrad_modular"))
+    trainer = setup(cfg, tmp_path / "run", resume=False)
+    prompts = sample_prompts(cfg, trainer.tasks, None, 1)
+    rolled = rollout(trainer, prompts, 1)
+    rewards, _ = score(trainer.tasks, rolled)
+    batch = make_batch(rolled, rewards, 3, loss_agg="token_mean", loss_constant=3,
+                       scale_rewards=True)  # fmt: skip
+    result = backward_groups(trainer, batch, None, capture=True)
+    stats = rollout_statistics(batch, result.sums, False)
+    balanced, _ = balance(trainer, batch, stats, 1, None)
+    parts = task_parts(trainer.groups, balanced).double()  # [K, P] applied contributions
+    g = parts.sum(0)
+    applied = torch.cat([p.grad.reshape(-1) for _, p in trainer.groups.params]).double()
+    assert torch.allclose(g, applied, rtol=1e-5, atol=1e-9)  # .grad is what the parts sum to
+    from taskgrad.diagnostics.gradient import gradient_metrics
+
+    metrics = gradient_metrics(trainer.groups, balanced, TASKS, "full", breakdown=False)
+    for k, t in enumerate(TASKS):
+        expected = float(parts[k] @ g / (g @ g))
+        assert metrics[M.grad_key("full", t, "update_share")] == pytest.approx(expected, rel=1e-5)
+    assert not balanced.uniform_over_params
+
+
+def test_task_window_by_hand(model_dir, tmp_path):
+    from taskgrad.train import task_window
+
+    cfg = load_config(None, overrides(model_dir, tmp_path, "diagnostics.window=3"))
+    trainer = setup(cfg, tmp_path / "run", resume=False)
+    nan = float("nan")
+    for r in ([0.0, 1.0, nan], [0.5, 1.0, 0.2], [1.0, 0.0, nan], [0.0, 0.5, 0.4]):
+        stats = {n: torch.tensor(r, dtype=torch.float64)
+                 for n in ("reward", "abs_advantage", "zero_adv_share")}  # fmt: skip
+        sq = {n: torch.tensor(r, dtype=torch.float64) for n in ("sqnorm_unbiased", "sqnorm_naive")}
+        window = task_window(trainer, stats, sq)
+    # the last three rows: task 0 [0.5, 1, 0] mean .5 sd .5 se .5/sqrt(3); task 2 [.2, nan, .4]
+    assert window.steps == 3
+    assert window.mean["reward"].tolist()[0] == pytest.approx(0.5)
+    assert window.se["reward"].tolist()[0] == pytest.approx(0.5 / 3**0.5)
+    assert window.mean["reward"].tolist()[2] == pytest.approx(0.3)
+    assert window.se["reward"].tolist()[2] == pytest.approx((0.02**0.5) / 2**0.5)
+    # detectable: mean - 1.96 se > 0; task 1 [1, 0, .5]: .5 - 1.96 * .289 < 0; task 2: .3 - .196
+    assert window.detectable().tolist() == [False, False, True]
+
+
+def test_evaluation_schedule_outcomes_and_dedicated_measurement(model_dir, tmp_path):
+    import json
+
+    from taskgrad.train import eval_due, train
+
+    cfg = load_config(None, overrides(model_dir, tmp_path, "steps=4", "eval.every=null",
+                                      "diagnostics.measure_every=2",
+                                      "diagnostics.measure_prompts=4"))  # fmt: skip
+    assert [s for s in range(5) if eval_due(cfg, s)] == [0, 2, 4]
+    run = train(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
+    assert sorted({e["step"] for e in evals}) == [0, 2, 4]
+    for e in evals:  # the per-prompt outcomes are the logged accuracy
+        rec = next(r for r in records if r["step"] == e["step"])
+        correct = [int(c) for c in e["correct"]]
+        assert len(correct) == 4 and rec[M.eval_key(e["task"])] == sum(correct) / len(correct)
+    measured = [r for r in records if M.grad_key("measure_full", "left", "sqnorm_unbiased") in r]
+    assert [r["step"] for r in measured] == [1, 3]
+    for r in records:
+        for key in r:
+            M.parse(key, TASKS)
+
+
+def test_sampled_evaluation_counts_k_completions_per_prompt_with_a_fixed_seed(model_dir, tmp_path):
+    """eval.samples = 3: each prompt's digit counts its correct completions out of 3, the
+    accuracy is their mean share, and the same model gives the same outcomes in every run."""
+    import json
+
+    from taskgrad.train import train
+
+    outcomes = []
+    for name in ("a", "b"):
+        cfg = load_config(None, overrides(model_dir, tmp_path, "steps=1", "eval.samples=3",
+                                          "eval.every=null"))  # fmt: skip
+        run = train(cfg, tmp_path / name)
+        first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+        evals = [json.loads(x) for x in (run / "evals.jsonl").read_text().splitlines()]
+        for e in (e for e in evals if e["step"] == 0):
+            counts = [int(c) for c in e["correct"]]
+            assert e["samples"] == 3 and max(counts) <= 3
+            assert first[M.eval_key(e["task"])] == pytest.approx(sum(counts) / (3 * len(counts)))
+        outcomes.append([e["correct"] for e in evals if e["step"] == 0])
+    assert outcomes[0] == outcomes[1]

@@ -42,7 +42,9 @@ def test_cli_report_writes_html_and_markdown(report_dir):
         assert (report_dir / name).read_bytes().startswith(PNG)
     assert html.count("<img ") == len(pngs)
     assert "## Does gradient size predict learning gain?" in md
-    assert re.search(r"\*\*preset=default\.\*\* (No|Yes|Undetermined)", md)
+    # the gain claims' verdicts, three outcomes
+    verdict = r"(holds|contradicted|undetermined)"
+    assert re.search(r"\| preset=default \| \(c\) \| .* \| " + verdict + r" \|", md)
 
 
 def test_html_is_self_contained(report_dir):

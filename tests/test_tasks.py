@@ -73,6 +73,8 @@ def wrong_answer(task: Task, sample: Sample) -> str:
 
 # -- every task -------------------------------------------------------------------------------
 def test_reference_answers_score_1(task: Task) -> None:
+    if not task.verifiable:
+        pytest.skip(f"{task.name}: its reward ignores the completion (a control)")
     samples = task.eval_set()[:16]
     assert all(r.value == 1.0 for r in score(task, samples, [s.answer for s in samples]))
     demos = [task.demonstration(s) for s in samples]
@@ -80,6 +82,8 @@ def test_reference_answers_score_1(task: Task) -> None:
 
 
 def test_llm_style_completions_score_1(task: Task) -> None:
+    if not task.verifiable:
+        pytest.skip(f"{task.name}: its reward ignores the completion (a control)")
     samples = task.eval_set()[:8]
     completions = [
         f"Let's think step by step. First I read the problem: {s.prompt}\n"
@@ -93,12 +97,16 @@ def test_llm_style_completions_score_1(task: Task) -> None:
 
 
 def test_wrong_answers_score_0(task: Task) -> None:
+    if not task.verifiable:
+        pytest.skip(f"{task.name}: its reward ignores the completion (a control)")
     samples = task.eval_set()[:8]
     wrong = [wrong_answer(task, s) for s in samples]
     assert all(r.value == 0.0 for r in score(task, samples, wrong))
 
 
 def test_malformed_outputs_score_0_without_raising(task: Task) -> None:
+    if not task.verifiable:
+        pytest.skip(f"{task.name}: its reward ignores the completion (a control)")
     sample = task.eval_set()[0]
     rewards = score(task, [sample] * len(MALFORMED), MALFORMED)
     assert [r.value for r in rewards] == [0.0] * len(MALFORMED)
@@ -112,8 +120,8 @@ def test_eval_set_is_fixed_distinct_and_seeded(task: Task) -> None:
     assert all(s.task == task.name for s in eval_set)
     again = type(task)(**_options(task))
     assert [s.prompt for s in again.eval_set()] == [s.prompt for s in eval_set]
-    other_seed = type(task)(**_options(task), seed=1)
-    assert [s.prompt for s in other_seed.eval_set()] != [s.prompt for s in eval_set]
+    other_seed = type(task)(**_options(task), seed=1)  # the same held-out set for every seed
+    assert [s.prompt for s in other_seed.eval_set()] == [s.prompt for s in eval_set]
 
 
 def _options(task: Task) -> dict:
@@ -332,3 +340,13 @@ def test_expression_parsing_of_model_output_is_silent() -> None:
         with pytest.raises(ExpressionError):  # a conditional expression is not arithmetic
             evaluate("1if 2 else 3+4")
     assert [str(w.message) for w in caught] == []
+
+
+def test_the_tune_set_is_disjoint_from_the_test_set_and_seed_independent(task: Task) -> None:
+    kwargs = _options(task)
+    test = {s.prompt for s in type(task)(**kwargs, eval_size=16).eval_set()}
+    tune = type(task)(**kwargs, eval_size=16, eval_split="tune")
+    tuned = {s.prompt for s in tune.eval_set()}
+    assert tuned and not tuned & test
+    again = type(task)(**kwargs, eval_size=16, eval_split="tune", seed=5)
+    assert {s.prompt for s in again.eval_set()} == tuned

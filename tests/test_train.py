@@ -105,7 +105,13 @@ def test_cli_default_tasks_smoke(tmp_path, cache):
     for task in cfg["tasks"]:
         name = task["name"]
         assert 0.0 <= recs[1][f"task/{name}/reward"] <= 1.0
-        for key in ("sqnorm_unbiased", "sqnorm_naive", "update_share", "adam_share"):
+        for key in (
+            "sqnorm_unbiased",
+            "sqnorm_naive",
+            "update_share",
+            "applied_share",
+            "precond_share",
+        ):
             assert f"grad/full/{name}/{key}" in recs[1]
         assert f"eval/{name}/accuracy" in recs[0] and f"eval/{name}/accuracy" in recs[4]
         assert f"gain/{name}/probe" in recs[2] and f"gain/{name}/one_step" in recs[3]
@@ -239,7 +245,8 @@ def test_cli_compare_in_worker_processes_then_reuses(tmp_path, cache):
         assert "[" in (tmp_path / "runs" / f"{name}.log").read_text()  # its own log
     table = (tmp_path / "compare.md").read_text()
     assert "`static` weights: [2, 1] (given)." in table
-    assert [ln.split(" | ")[0] for ln in table.splitlines() if ln.startswith("| ") and
+    strategies = table.split("## Strategies")[1].split("\n## ")[0]
+    assert [ln.split(" | ")[0] for ln in strategies.splitlines() if ln.startswith("| ") and
             not ln.startswith("| strategy")] == ["| uniform", "| static"]  # fmt: skip
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "reusing 2 finished run(s)" in again.stdout

@@ -7,10 +7,13 @@ it does, so ``import taskgrad`` stays light.
 Modules, from data to document:
 
     runs.py            load run directories; group them by configuration (seeds aggregate)
-    stats.py           Spearman, seed bands, bootstrap intervals, smoothing
-    gains.py           windows, learning gain, does gradient size rank gain (bootstrap)
-    explain.py         |advantage| vs gradient, regressions, the norm decomposition
-    measures.py        imbalance, noise, cosines, proxy agreement, transfer, held-out accuracy
+    stats.py           seed bands, bootstrap intervals, smoothing (+ taskgrad.stats)
+    windows.py         window estimators: imbalance, signal, cosines, shares, proxy agreement,
+                       pooled over windows and seeds with block-bootstrap intervals
+    verdicts.py        the claims' rules: holds / contradicted / undetermined, margins in advance
+    power.py           planted data: each rule's operating characteristics at a given size
+    explain.py         the window-mean GLM (imbalance explained), the norm decomposition
+    measures.py        transfer matrices (with their noise floor), held-out accuracy
     analyse.py         all of the above for one configuration, computed once
     figures*.py        one function per figure; every figure has labels, a legend and a title
     document.py        the report as blocks, written as self-contained HTML and Markdown + PNGs

@@ -4,15 +4,19 @@ Figures (seed means; bands are 95% t-intervals over seeds):
 
     curves     mean and worst-task held-out accuracy over training, every strategy
     tasks      each task's held-out accuracy over training, every strategy
-    forest     final mean / worst-task accuracy minus the baseline's, paired by seed, with the
-               aims of the comparison drawn in (MT-GRPO's +16 worst-task points over GRPO,
-               Modular Gradient Surgery's +4.5 mean points over mixed RL)
+    forest     final mean / worst-task accuracy minus a reference's (the baseline, the tuned
+               static, equal_task for the Gram methods), with the Dunnett-simultaneous intervals
+               and the MDE of comparison.py, and the aims of the comparison drawn in (MT-GRPO's
+               +16 worst-task points over GRPO, Modular Gradient Surgery's +4.5 mean points
+               over mixed RL)
     effort     what each strategy chose per task over training: its update weight relative to
                the mean weight, and its sampling probability times K (both 1 under uniform)
     imbalance  per-step imbalance (largest / smallest unbiased squared norm) per strategy
 """
 
 from __future__ import annotations
+
+import math
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -21,9 +25,9 @@ from matplotlib.lines import Line2D
 
 from taskgrad import metrics as M
 from taskgrad.analysis import figures as F
+from taskgrad.analysis.comparison import Family
 from taskgrad.analysis.runs import Run
 from taskgrad.analysis.stats import seed_band
-from taskgrad.stats import mean_ci
 
 AIM_MEAN, AIM_WORST = 0.045, 0.16  # the comparison's aims, in accuracy (fraction)
 
@@ -67,7 +71,8 @@ def fig_curves(by: Runs, baseline: str) -> F.Fig:
     _finish(fig, "Held-out accuracy over training, per strategy", names, colors, baseline)
     caption = (
         "Greedy accuracy on each task's fixed held-out set, averaged over tasks (left) or its "
-        f"minimum over tasks (right), at step 0 and every eval.every steps; mean over seeds. Band: "
+        "minimum over tasks (right), at the evaluated steps (start, middle and end by default); "
+        "mean over seeds. Band: "
         f"95% t-interval over seeds of the baseline ({baseline}); dashed: the tuned static mix."
     )
     return F.Fig("compare-curves", fig, caption)
@@ -87,47 +92,44 @@ def fig_tasks(by: Runs, baseline: str) -> F.Fig:
     return F.Fig("compare-tasks", fig, caption)
 
 
-def paired_differences(by: Runs, baseline: str, reduce: str) -> dict[str, list[float]]:
-    """strategy -> per seed, final (mean|min over tasks) accuracy minus the baseline's."""
-    base = {r.seed: float(getattr(r.heldout().iloc[-1], reduce)()) for r in by.get(baseline, [])}
-    out = {}
-    for name, runs in by.items():
-        if name == baseline:
-            continue
-        final = {r.seed: float(getattr(r.heldout().iloc[-1], reduce)()) for r in runs}
-        out[name] = [v - base[s] for s, v in final.items() if s in base]
-    return out
-
-
-def fig_forest(by: Runs, baseline: str) -> F.Fig:
-    fig, axes = F.grid(1, 2, width=5.4, height=0.35 * len(by) + 1.6)
-    for ax, (what, reduce, aim) in zip(
-        axes[0], (("mean", "mean", AIM_MEAN), ("worst-task", "min", AIM_WORST)), strict=True
+def fig_forest(fams: list[Family], ref: str) -> F.Fig | None:
+    """Differences against ``ref`` with their simultaneous intervals, per endpoint family."""
+    rows = [[c for c in fam.contrasts if c.reference == ref] for fam in fams]
+    if not any(rows):
+        return None
+    fig, axes = F.grid(1, 2, width=5.4, height=0.35 * max(map(len, rows)) + 1.6)
+    for ax, fam, contrasts, (what, aim) in zip(
+        axes[0], fams, rows, (("mean", AIM_MEAN), ("worst-task", AIM_WORST)), strict=True
     ):
-        diffs = paired_differences(by, baseline, reduce)
-        names = list(diffs)
-        for i, name in enumerate(names):
-            m, lo, hi = mean_ci(diffs[name])
-            xerr = [[m - lo], [hi - m]] if np.isfinite(lo) else None
-            ax.errorbar(m, i, xerr=xerr, fmt="o", color="black", ms=4, capsize=3)
-            ax.plot(diffs[name], [i] * len(diffs[name]), "x", color="#999999", ms=4)
+        for i, c in enumerate(contrasts):
+            if math.isfinite(c.mde):  # +- MDE: true differences smaller are often missed
+                ax.plot([-c.mde, c.mde], [i, i], color="#bbbbbb", lw=6, alpha=0.5,
+                        solid_capstyle="butt")  # fmt: skip
+            finite = math.isfinite(c.low)
+            xerr = [[c.estimate - c.low], [c.high - c.estimate]] if finite else None
+            ax.errorbar(c.estimate, i, xerr=xerr, fmt="o", color="black", ms=4, capsize=3)
+            ax.plot(list(c.per_seed.values()), [i] * len(c.per_seed), "x", color="#999999", ms=4)
         ax.axvline(0, color="black", lw=0.8)
         ax.axvline(aim, color="#c0392b", lw=1, ls=":")
-        ax.set_yticks(range(len(names)), names)
+        ax.set_yticks(range(len(contrasts)), [c.strategy for c in contrasts])
         ax.invert_yaxis()
-        F.labels(ax, f"final {what} accuracy minus {baseline}'s (fraction)", "", what)
+        F.labels(ax, f"final {what} accuracy minus {ref}'s (fraction)", "", fam.endpoint)
     handles = [
-        Line2D([], [], color="black", marker="o", ls="", label="mean, 95% t-interval over seeds"),
+        Line2D([], [], color="black", marker="o", ls="", label="difference, simultaneous 95%"),
+        Line2D([], [], color="#bbbbbb", lw=6, label="+- MDE (80% power)"),
         Line2D([], [], color="#999999", marker="x", ls="", label="one seed"),
         Line2D([], [], color="#c0392b", ls=":", label="aim (+4.5 mean, +16 worst-task points)"),
     ]
-    F.finish(fig, f"Final accuracy, paired by seed, against {baseline}", handles)
+    F.finish(fig, f"Final accuracy against {ref}, paired by seed and prompt", handles)
     caption = (
-        f"Per strategy, final held-out accuracy minus {baseline}'s on the same seed (mean over "
-        "tasks, left; worst task, right); dots: mean difference with its 95% t-interval over "
-        "seeds; crosses: single seeds; dotted: the comparison's aims."
+        f"Per strategy, final held-out accuracy minus {ref}'s (mean over tasks, left; the "
+        "strategy's worst task minus the reference's, right). Dots: the difference with its "
+        "Dunnett-simultaneous 95% interval over the endpoint's whole family (strategy x seed "
+        "model, pooled variance); grey band: +- the minimum detectable effect at 80% power, the "
+        "size a true difference needs to be declared 4 times in 5; crosses: single seeds; "
+        "dotted: the comparison's aims."
     )
-    return F.Fig(f"compare-forest-{baseline}", fig, caption)
+    return F.Fig(f"compare-forest-{ref}", fig, caption)
 
 
 def effort(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -169,25 +171,24 @@ def fig_effort(by: Runs, baseline: str, pal: F.Palette) -> F.Fig | None:
 
 
 def fig_imbalance(by: Runs, baseline: str) -> F.Fig | None:
-    key = M.grad_scope_key("full", "imbalance")
-    names = [n for n in by if any(r.has(key) for r in by[n])]
+    from taskgrad.analysis.windows import run_imbalance
+
+    values = {n: [run_imbalance(r) for r in by[n]] for n in by}
+    names = [n for n, v in values.items() if np.isfinite(v).any()]
     if not names:
         return None
     fig, axes = F.grid(1, 1, width=max(6.0, 0.55 * len(names) + 2), height=3.8)
     ax = axes[0][0]
-    data = []
-    for name in names:
-        values = pd.concat([r.column(key) for r in by[name]]).dropna()
-        data.append(values[values > 0].to_numpy())
-    ax.boxplot(data, showfliers=False)
-    ax.set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right")
+    for i, name in enumerate(names):
+        v = np.array(values[name], dtype=float)
+        ax.plot([i] * len(v), v, "o", color="#555555", ms=5)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     F.set_log(ax)
-    F.labels(ax, "", "imbalance (max / min unbiased sq. norm)", "per-step gradient imbalance")
+    F.labels(ax, "", "imbalance (max / min pooled unbiased sq. norm)", "gradient imbalance per run")
     fig.suptitle("Gradient imbalance between tasks under each strategy", fontsize=12)
     caption = (
-        "Per strategy, the distribution over steps and seeds of the ratio of the largest to the "
-        "smallest unbiased squared gradient norm over the full model (raw task gradients, before "
-        "the strategy's weights); box: quartiles, whiskers: 1.5 IQR; steps where a norm is not "
-        "positive are left out."
+        "Per strategy, one point per seed: the run's pooled imbalance, the largest over the "
+        "smallest sum over all measured steps of the unbiased squared gradient norm (raw task "
+        "gradients, before the strategy's weights), among the tasks with detectable signal."
     )
     return F.Fig("compare-imbalance", fig, caption)

@@ -26,9 +26,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from taskgrad import metrics as M
-from taskgrad.analysis import measures
+from taskgrad.analysis import windows as W
 from taskgrad.analysis.analyse import GroupAnalysis
-from taskgrad.analysis.gains import sq_key
 from taskgrad.analysis.runs import Group
 from taskgrad.analysis.stats import ema, mean_ci, seed_band, smoothing_span
 
@@ -187,7 +186,35 @@ def empty(ax, text: str = "not recorded in these runs") -> None:
 
 
 def sq_pattern(group: Group, stat: str = "sqnorm_unbiased") -> str:
-    return sq_key(group.runs[0], stat)
+    return M.grad_key(W.scope_of(group.runs[0]), "{task}", stat)
+
+
+def window_frame(a: GroupAnalysis, values) -> dict[int, pd.DataFrame]:
+    """Task index -> [window end step, seed] frame of ``values(w)`` [W, K] per RunWindows."""
+    out = {}
+    for k in range(len(a.group.tasks)):
+        cols = [pd.Series(values(w)[:, k], index=w.ends) for w in a.windows]
+        out[k] = pd.concat(cols, axis=1) if cols else pd.DataFrame()
+    return out
+
+
+def window_lines(ax, a: GroupAnalysis, values, pal: Palette, log: bool = False) -> int:
+    """Per task: the window means over seeds with a 95% t-band; returns undrawn points on log."""
+    dropped = 0
+    for k, frame in window_frame(a, values).items():
+        task = a.group.tasks[k]
+        mean, lo, hi = seed_band(frame)
+        keep = (lambda v: np.where(v > 0, v, np.nan)) if log else (lambda v: v)
+        dropped += int((mean.isna() | (mean <= 0)).sum()) if log else 0
+        ax.plot(mean.index, keep(mean.to_numpy()), color=pal(task), lw=2, marker="o", ms=3)
+        ok = np.isfinite(lo.to_numpy()) & np.isfinite(hi.to_numpy())
+        if log:
+            ok &= lo.to_numpy() > 0
+        if ok.any():
+            ax.fill_between(mean.index, lo, hi, where=ok, color=pal(task), alpha=0.15, lw=0)
+    if log:
+        set_log(ax)
+    return dropped
 
 
 def all_tasks(items: list[GroupAnalysis]) -> list[str]:
@@ -198,20 +225,21 @@ def all_tasks(items: list[GroupAnalysis]) -> list[str]:
 
 
 def fig_overview(items: list[GroupAnalysis], pal: Palette) -> Fig:
-    """Squared norm (log), learning gain at three windows, training reward; a row per config."""
+    """Squared norm (window means, log), learning gain per window pair, training reward."""
     several = len(items) > 1
     fig, axes = grid(len(items), 3)
     dropped = 0
     for row, a in zip(axes, items, strict=True):
         g = a.group
-        dropped += task_lines(row[0], g, sq_pattern(g), pal, log=True)
+        dropped += window_lines(row[0], a, lambda w: w.u, pal, log=True)
         labels(
-            row[0], "step", f"{SQNORM_LABEL}, log", row_title(g, "squared gradient norm", several)
-        )
+            row[0], "step (window end)", f"{SQNORM_LABEL}, log",
+            row_title(g, "squared gradient norm", several),
+        )  # fmt: skip
         gain_bars(row[1], a, pal)
         labels(
             row[1],
-            "step (window centre)",
+            "step (between windows)",
             "learning gain (Δ reward, fraction)",
             row_title(g, "learning gain", several),
         )
@@ -222,35 +250,34 @@ def fig_overview(items: list[GroupAnalysis], pal: Palette) -> Fig:
         "Gradient size, learning gain and reward per task (the paper's Figure 1)",
         pal.handles(all_tasks(items)),
     )
-    windows = "; ".join(
-        f"{a.label}: s = {a.windows[0].s}" if a.windows else f"{a.label}: no window fits"
-        for a in items
+    sizes = "; ".join(
+        f"{a.label}: {int(np.median(a.windows[0].n))} steps per window" for a in items if a.windows
     )
     caption = (
-        "Left: unbiased squared gradient norm per task, log scale "
-        f"({dropped} step-task points, means over seeds, that were undefined or not positive "
-        "are not drawn). "
-        "Middle: learning gain, the mean training reward of the s steps after the window centre "
-        "minus that of the s steps before, at the centres nearest 1/8, 1/2 and 7/8 of training "
-        f"({windows}); error bars: 95% t-interval over seeds. Right: training reward. "
-        + seeds_note([a.group for a in items])
+        "Left: window means of the unbiased squared gradient norm per task, log scale, mean over "
+        f"seeds with a 95% t-band ({sizes}; {dropped} window means that were not positive are not "
+        "drawn). Middle: learning gain, the mean training reward over window w + 1 minus over "
+        "window w, for disjoint window pairs; error bars: 95% t-interval over seeds. Right: "
+        "training reward. " + seeds_note([a.group for a in items])
     )
     return Fig("fig1-overview", fig, caption)
 
 
 def gain_bars(ax, a: GroupAnalysis, pal: Palette) -> None:
-    """Grouped bars: mean gain over seeds per task at each window position, 95% t error bars."""
-    tasks, positions = a.group.tasks, list(dict.fromkeys(w.position for w in a.windows))
-    if not positions:
-        empty(ax, "run too short for a gain window")
+    """Grouped bars: mean gain over seeds per task at each window pair, 95% t error bars."""
+    tasks = a.group.tasks
+    pairs = min((len(w.starts) for w in a.windows), default=0) // 2
+    if pairs == 0 or any(w.stats.get("reward") is None for w in a.windows):
+        empty(ax, "run too short for two windows")
         return
     span = max(r.steps for r in a.group.runs)
-    width = span / 5 / (len(tasks) + 1)
-    for p in positions:
-        units = [w for w in a.windows if w.position == p]
-        center = float(np.mean([w.center for w in units]))
+    width = span / max(pairs, 1) / 2 / (len(tasks) + 1)
+    for p in range(pairs):
+        center = float(np.mean([w.ends[2 * p] for w in a.windows]))
         for k, task in enumerate(tasks):
-            mean, lo, hi = mean_ci([w.gain[k] for w in units])
+            gains = [w.stats["reward"][2 * p + 1, k] - w.stats["reward"][2 * p, k]
+                     for w in a.windows]  # fmt: skip
+            mean, lo, hi = mean_ci(gains)
             x = center + (k - (len(tasks) - 1) / 2) * width
             err = [[mean - lo], [hi - mean]] if np.isfinite(lo) else None
             ax.bar(x, mean, width=width * 0.9, color=pal(task), alpha=0.8, yerr=err, capsize=2)
@@ -315,104 +342,97 @@ def probe_panel(ax, g: Group, pal: Palette) -> None:
 
 # --- imbalance, update shares, noise, lengths ----------------------------------------------------
 
-SHARES = (
-    ("update_share", "share of the raw gradient"),
-    ("adam_share", "share in AdamW's geometry"),
-    ("step_share", "share of the applied step"),
-)
-
 
 def fig_imbalance(items: list[GroupAnalysis], pal: Palette) -> Fig:
-    """Per-step imbalance ratio (log) and each task's share of the update, three geometries."""
-    cols = [
-        s for s in SHARES if any(a.group.has_task_key(sq_pattern(a.group, s[0])) for a in items)
-    ]
+    """Window imbalance (log) and each task's pooled share of the update per window."""
     several = len(items) > 1
-    fig, axes = grid(len(items), 1 + len(cols))
+    applied = any(a.group.has_task_key(sq_pattern(a.group, "applied_share")) for a in items)
+    fig, axes = grid(len(items), 2 + applied)
     for row, a in zip(axes, items, strict=True):
         g = a.group
-        for geometry, color in (("", "black"), ("adam_", "#888888")):
-            frame = pd.concat([measures.imbalance_series(r, geometry) for r in g.runs], axis=1)
-            if frame.notna().any().any():
-                band_line(row[0], frame, color, log=True)
+        frame = pd.concat([W.window_imbalance(w) for w in a.windows], axis=1)
+        if frame.notna().any().any():
+            mean, _, _ = seed_band(frame)
+            row[0].plot(mean.index, mean, color="black", lw=2, marker="o", ms=3)
+            set_log(row[0])
+        else:
+            empty(row[0], "fewer than two tasks with detectable signal in any window")
         for level in (10, 30):
             row[0].axhline(level, color="black", ls=":", lw=0.8)
-        labels(
-            row[0], "step", "imbalance (largest / smallest, ×)", row_title(g, "imbalance", several)
-        )
-        for ax, (stat, title) in zip(row[1:], cols, strict=True):
-            task_lines(ax, g, sq_pattern(g, stat), pal)
-            ax.axhline(1 / len(g.tasks), color="#888888", ls="--", lw=0.8)
-            labels(ax, "step", "share of update (fraction)", row_title(g, title, several))
+        labels(row[0], "step (window end)", "imbalance (largest / smallest, ×)",
+               row_title(g, f"imbalance, pooled {a.imbalance.text()}", several))  # fmt: skip
+        with np.errstate(invalid="ignore", divide="ignore"):
+            window_lines(row[1], a, lambda w: w.dot_sum / w.total_sum[:, None], pal)
+        row[1].axhline(1 / len(g.tasks), color="#888888", ls="--", lw=0.8)
+        labels(row[1], "step (window end)", "share of update (fraction)",
+               row_title(g, "share of the gradient (window sums)", several))  # fmt: skip
+        if applied:
+            task_lines(row[2], g, sq_pattern(g, "applied_share"), pal)
+            labels(row[2], "step", "share of the AdamW step (fraction)",
+                   row_title(g, "share of the applied AdamW step", several))  # fmt: skip
     extra = [
-        Line2D([], [], color="black", lw=2, label="imbalance of gradients"),
-        Line2D([], [], color="#888888", lw=2, label="imbalance in AdamW geometry"),
+        Line2D([], [], color="black", lw=2, label="imbalance of window means"),
         Line2D([], [], color="black", ls=":", label="the paper's 10-30×"),
         Line2D([], [], color="#888888", ls="--", label="equal share 1/K"),
     ]
-    finish(
-        fig,
-        "Gradient imbalance and each task's share of the update",
-        pal.handles(all_tasks(items)) + extra,
-        ncol=5,
-    )
+    finish(fig, "Gradient imbalance and each task's share of the update",
+           pal.handles(all_tasks(items)) + extra, ncol=5)  # fmt: skip
     caption = (
-        "Left: imbalance, the largest over the smallest positive unbiased squared norm of the "
-        "step (log scale), for the gradients and in AdamW's preconditioned geometry. Other panels: "
-        "each task's share of the update, <G_k, g> / ||g||^2 for the raw gradient, the same with "
-        "AdamW's preconditioner (adam_share), and its share of the first-order loss decrease of "
-        "the step actually applied (step_share); shares sum to 1 and can be negative. "
+        "Left: per window, the largest over the smallest window-mean unbiased squared norm among "
+        "the tasks whose window t-interval lies above zero (log scale; mean over seeds); titles: "
+        "the pooled imbalance over all windows and seeds with its 95% block-bootstrap interval, "
+        "tasks without detectable signal named. Middle: each task's share of the update, "
+        "sum_t <w_k G_k, g> / sum_t ||g||^2 over the window (sums first). "
+        + ("Right: its share of the step AdamW applied, through per-task first moments (per "
+           "step; the moments are exact, not estimated). " if applied else "")
         + seeds_note([a.group for a in items])
-    )
+    )  # fmt: skip
     return Fig("imbalance", fig, caption)
 
 
 def fig_noise(items: list[GroupAnalysis], pal: Palette) -> Fig:
-    """Naive vs unbiased squared norms over training, and the noise fraction of the naive one."""
+    """Naive vs unbiased squared norms over windows, and each task's signal fraction."""
     several = len(items) > 1
     fig, axes = grid(len(items), 2)
-    dropped = 0
     for row, a in zip(axes, items, strict=True):
         g = a.group
-        for task in g.tasks:
-            dropped += band_line(
-                row[0], g.stack(sq_pattern(g).format(task=task)), pal(task), log=True, raw=False
-            )
-            band_line(
-                row[0],
-                g.stack(sq_pattern(g, "sqnorm_naive").format(task=task)),
-                pal(task),
-                log=True,
-                raw=False,
-                ls="--",
-            )
-        labels(
-            row[0], "step", "squared gradient norm, log", row_title(g, "naive vs unbiased", several)
-        )
-        fractions = a.noise.reindex(g.tasks)
-        row[1].bar(range(len(g.tasks)), fractions.fillna(0), color=[pal(t) for t in g.tasks])
+        window_lines(row[0], a, lambda w: w.u, pal, log=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for k, frame in window_frame(a, lambda w: w.naive_sum / w.n).items():
+                mean = frame.mean(axis=1)
+                row[0].plot(mean.index, mean, color=pal(g.tasks[k]), lw=1.2, ls="--")
+        set_log(row[0])
+        labels(row[0], "step (window end)", "squared gradient norm, log",
+               row_title(g, "naive vs unbiased", several))  # fmt: skip
+        sig = a.signal
+        frac = np.nan_to_num(sig.signal_fraction, nan=0.0)
+        row[1].bar(range(len(g.tasks)), frac, color=[pal(t) for t in g.tasks])
+        for k in range(len(g.tasks)):
+            if not sig.detectable[k]:
+                row[1].text(k, 0.02, "no detectable\nsignal", ha="center", fontsize=7)
         row[1].set_xticks(range(len(g.tasks)), g.tasks, rotation=20)
         row[1].axhline(1, color="black", lw=0.6, ls=":")
-        labels(
-            row[1],
-            "task",
-            "noise / naive squared norm (fraction)",
-            row_title(g, "noise share of the naive norm", several),
-        )
+        labels(row[1], "task", "signal fraction (pooled unbiased / naive)",
+               row_title(g, "how much of the naive norm is signal", several))  # fmt: skip
     extra = [
-        Line2D([], [], color="black", lw=2, label="unbiased (split-half)"),
-        Line2D([], [], color="black", lw=2, ls="--", label="naive ||g||²"),
+        Line2D([], [], color="black", lw=2, label="unbiased (split-half), window means"),
+        Line2D([], [], color="black", lw=1.2, ls="--", label="naive ||g||²"),
     ]
-    finish(
-        fig, "How much of the naive squared norm is noise", pal.handles(all_tasks(items)) + extra
-    )
+    finish(fig, "How much of the naive squared norm is noise",
+           pal.handles(all_tasks(items)) + extra)  # fmt: skip
     caption = (
-        "Left: the naive squared norm ||g_hat||^2 (dashed) is inflated by sampling noise; the "
-        "split-half estimate <g_A, g_B> (solid) is not (EMA of the seed mean; "
-        f"{dropped} undefined or non-positive step-task means of the unbiased estimate not drawn)."
-        " Right: median over "
-        "steps and seeds of noise / naive = 1 - unbiased / naive; 1 (dotted) means all noise."
-    )
+        "Left: window means of the naive squared norm ||g_hat||^2 (dashed), inflated by sampling "
+        "noise, and of the split-half estimate <g_A, g_B> (solid), which is not (window means that "
+        "are not positive are not drawn). Right: the signal fraction, the pooled unbiased over the "
+        "pooled naive squared norm (sums over all steps and seeds first); tasks whose pooled "
+        "unbiased estimate has a 95% interval holding 0 have no detectable signal. Per task, "
+        "per-step estimates that were exactly zero / negative: "
+        + "; ".join(
+            f"{a.label}: " + ", ".join(f"{t} {int(z)}/{int(n)}" for t, z, n in zip(
+                a.group.tasks, a.signal.zeros + a.signal.negatives, a.signal.steps, strict=True))
+            for a in items
+        )
+    )  # fmt: skip
     return Fig("noise", fig, caption)
 
 

@@ -4,7 +4,6 @@ norm decomposition and the loss-aggregation experiment (conventions: figures.py)
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
@@ -22,158 +21,104 @@ from taskgrad.analysis.figures import (
     panels,
     set_log,
 )
-from taskgrad.analysis.stats import fmt, fmt_ci, times
+from taskgrad.analysis.stats import fmt, times
 
-MARKERS = {"1/8": "o", "1/2": "s", "7/8": "^"}
-MODEL_COLORS = {"statistics": "#9ecae1", "task identity": "#3182bd", "both": "#08519c"}
+SET_COLORS = ["#636363", "#e6550d", "#31a354", "#756bb1"]
 
 
 def fig_gain_vs_grad(items: list[GroupAnalysis], pal: Palette) -> Fig | None:
-    """Window gradient (before) vs learning gain (after), per task and window; rho in titles."""
-    if not any(a.windows for a in items):
+    """Window gradient (before) vs learning gain (after), per task and unit; verdict in titles."""
+    if not any(len(a.units.grad) for a in items):
         return None
     fig, axes = panels(len(items), 4.8, 3.8)
-    dropped = 0
     for ax, a in zip(axes, items, strict=True):
-        for w in a.windows:
-            for k, task in enumerate(a.group.tasks):
-                if not (w.grad[k] > 0 and np.isfinite(w.gain[k])):
-                    dropped += 1
-                    continue
-                ax.scatter(
-                    w.grad[k],
-                    w.gain[k],
-                    color=pal(task),
-                    marker=MARKERS[w.position],
-                    s=30,
-                    alpha=0.8,
-                )
-        set_log(ax, "x")
+        for k, task in enumerate(a.group.tasks):
+            ax.scatter(a.units.grad[:, k], a.units.gain[:, k], color=pal(task), s=30, alpha=0.8)
+        ax.set_xscale("symlog", linthresh=_linthresh(a.units.grad))
         ax.axhline(0, color="black", lw=0.6)
-        r = a.rank
+        v = a.verdicts["c"]
         labels(
             ax,
-            f"mean {SQNORM_LABEL} before the window, log",
-            "learning gain (Δ reward, fraction)",
-            f"{a.label}: rho = {fmt_ci(r.rho, r.lo, r.hi)}",
+            f"window-mean {SQNORM_LABEL} before, symlog",
+            "learning gain (Δ window-mean reward)",
+            f"{a.label}: {v.text} ({v.outcome})",
         )
-    windows = [
-        Line2D([], [], color="#555555", marker=m, ls="", label=f"window near {p} of training")
-        for p, m in MARKERS.items()
-    ]
-    finish(
-        fig, "Does gradient size predict learning gain?", pal.handles(all_tasks(items)) + windows
-    )
+    finish(fig, "Does gradient size predict learning gain?", pal.handles(all_tasks(items)))
     caption = (
-        "Each point is one task in one (seed, window) unit: x, the mean unbiased squared norm over "
-        "the s steps before the window centre; y, the learning gain over the window. Titles: "
-        "Spearman's rho across tasks, averaged over units, with its 95% bootstrap interval "
-        f"(tasks, units and steps resampled). {dropped} points with a non-positive or undefined "
-        "norm are not drawn (they count in rho)."
+        "Each point is one task in one (seed, window pair) unit: x, the window mean of the "
+        "unbiased squared norm over window w (zero and negative means included: symlog axis); "
+        "y, the mean reward over window w + 1 minus over window w. Titles: claim (c)'s statistic, "
+        "Spearman's rho across tasks averaged over units with its 95% t-interval, and its "
+        "verdict."
     )
     return Fig("gain-vs-gradient", fig, caption)
 
 
+def _linthresh(values: np.ndarray) -> float:
+    pos = np.abs(values[np.isfinite(values) & (values != 0)])
+    return float(np.percentile(pos, 10)) if pos.size else 1e-6
+
+
 def fig_adv_vs_grad(items: list[GroupAnalysis], pal: Palette) -> Fig | None:
-    """The paper's scatter: mean |advantage| vs unbiased squared norm; within and across fits."""
-    pairs = {a.label: explain.advantage_pairs(a.group) for a in items}
-    if not any(len(p) for p in pairs.values()):
+    """The paper's scatter on window means: mean |advantage| vs unbiased squared norm."""
+    if not any(w.stats.get("abs_advantage") is not None for a in items for w in a.windows):
         return None
     fig, axes = panels(len(items), 4.8, 3.8)
-    dropped = 0
     for ax, a in zip(axes, items, strict=True):
-        p = pairs[a.label]
-        dropped += int((p.sqnorm <= 0).sum())
-        for task in a.group.tasks:
-            t = p[(p.task == task) & (p.sqnorm > 0)]
-            ax.scatter(t.abs_advantage, t.sqnorm, color=pal(task), s=12, alpha=0.45, lw=0)
-            if task in a.advantage.fits and len(t):
-                _fit_line(ax, a.advantage.fits[task], t.abs_advantage, pal(task), "--")
-        means = a.advantage.task_means
-        if means is not None and len(means):
-            pos = means[means.sqnorm > 0]
-            ax.scatter(
-                pos.abs_advantage,
-                pos.sqnorm,
-                c=[pal(t) for t in pos.index],
-                s=90,
-                edgecolors="black",
-                zorder=3,
-            )
-            if a.advantage.across_fit:
-                _fit_line(ax, a.advantage.across_fit, pos.abs_advantage, "black", "-")
-        set_log(ax)
-        adv = a.advantage
-        labels(
-            ax,
-            "mean |advantage| (group-std units)",
-            f"{SQNORM_LABEL}, log",
-            f"{a.label}: within rho {fmt(adv.within)}, across {fmt(adv.across)}",
-        )
-    extra = [
-        Line2D([], [], color="#555555", ls="--", label="within-task fit"),
-        Line2D([], [], color="black", marker="o", mec="black", ms=8, label="task mean, across fit"),
-    ]
-    finish(fig, "|advantage| vs gradient size", pal.handles(all_tasks(items)) + extra)
+        values = []
+        for w in a.windows:
+            adv = w.stats["abs_advantage"]
+            for k, task in enumerate(a.group.tasks):
+                ax.scatter(adv[:, k], w.u[:, k], color=pal(task), s=14, alpha=0.5, lw=0)
+                values.append(w.u[:, k])
+        ax.set_yscale("symlog", linthresh=_linthresh(np.concatenate(values)))
+        v = a.verdicts["d"]
+        labels(ax, "window-mean |advantage|", f"window-mean {SQNORM_LABEL}, symlog",
+               f"{a.label}: {v.outcome}")  # fmt: skip
+    finish(fig, "|advantage| vs gradient size (window means)", pal.handles(all_tasks(items)))
     caption = (
-        "Points: one task at one step of one seed; large points: task means. Dashed: OLS of "
-        "log10 squared norm on mean |advantage| within each task; black: the same across the task "
-        "means. Titles: Spearman's rho within tasks (over steps, averaged) and across tasks (of "
-        f"task means, averaged over seeds). {dropped} non-positive estimates are not drawn."
+        "Each point: one task in one window of one seed (window means, zero and negative squared "
+        "norms included). Claim (d) compares the rank correlation within each task (across "
+        "windows) with the one across tasks (of their means): "
+        + "; ".join(f"{a.label}: {a.verdicts['d'].text}" for a in items)
     )
     return Fig("advantage-vs-gradient", fig, caption)
 
 
-def _fit_line(ax, fit: tuple[float, float], xs: pd.Series, color: str, ls: str) -> None:
-    intercept, slope = fit
-    grid_x = np.linspace(float(np.min(xs)), float(np.max(xs)), 20)
-    ax.plot(grid_x, 10 ** (intercept + slope * grid_x), color=color, ls=ls, lw=1.5)
-
-
 def fig_regression(items: list[GroupAnalysis]) -> Fig | None:
-    """R^2 of ln u: statistics / task identity / both; and the imbalance each set explains."""
-    if not any(np.isfinite(r.r2_stats) for a in items for r in a.regressions):
+    """The imbalance each set of statistics explains, with its 95% interval."""
+    if not any(np.isfinite(e.explained) for a in items for e in a.explanations):
         return None
-    fig, axes = grid(1, 2, 5.6, 3.9)
-    left, right = axes[0]
+    fig, axes = grid(1, 1, 7.0, 3.9)
+    ax = axes[0][0]
     x = np.arange(len(items))
-    for i, (name, color) in enumerate(MODEL_COLORS.items()):
-        values = [_r2(a.regressions[0], name) for a in items]
-        left.bar(x + (i - 1) * 0.27, values, 0.25, color=color)
-    set_names = [r.name for r in items[0].regressions]
-    set_colors = ["#636363", "#e6550d", "#31a354", "#756bb1"]
-    width = 0.8 / len(set_names)
-    for i in range(len(set_names)):
-        values = [max(a.regressions[i].imbalance_explained, -1.0) for a in items]  # see caption
-        right.bar(
-            x + (i - (len(set_names) - 1) / 2) * width,
-            values,
-            width * 0.95,
-            color=set_colors[i % 4],
-        )
-    right.axhline(0.5, color="black", ls=":", lw=0.8)
-    for ax in (left, right):
-        ax.set_xticks(x, [a.label for a in items], rotation=15, fontsize=8)
-    labels(left, "configuration", "R² of ln squared norm (fraction)", "all statistics vs task")
+    names = [e.name for e in items[0].explanations]
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        for j, a in enumerate(items):
+            e = next(e for e in a.explanations if e.name == name)
+            value = max(e.explained, -1.0) if np.isfinite(e.explained) else np.nan
+            xi = x[j] + (i - (len(names) - 1) / 2) * width
+            ax.bar(xi, value, width * 0.95, color=SET_COLORS[i % 4])
+            if np.isfinite(e.lo) and np.isfinite(e.hi):
+                lo, hi = max(e.lo, -1.0), min(e.hi, 1.0)
+                ax.plot([xi, xi], [lo, hi], color="black", lw=1)
+    ax.axhline(0.5, color="black", ls=":", lw=0.8)
+    ax.set_xticks(x, [a.label for a in items], rotation=15, fontsize=8)
     labels(
-        right, "configuration", "imbalance explained (fraction)", "share of the imbalance explained"
+        ax, "configuration", "imbalance explained (fraction)", "share of the imbalance explained"
     )
-    handles = [Patch(color=c, label=f"model: {n}") for n, c in MODEL_COLORS.items()]
-    handles += [Patch(color=set_colors[i % 4], label=n) for i, n in enumerate(set_names)]
-    finish(fig, "What explains the gradient size?", handles, ncol=4)
+    handles = [Patch(color=SET_COLORS[i % 4], label=n) for i, n in enumerate(names)]
+    handles.append(Line2D([], [], color="black", label="95% block-bootstrap interval"))
+    finish(fig, "What explains the gradient size?", handles, ncol=3)
     caption = (
-        "Left: R^2 of OLS fits of ln(unbiased squared norm) over (seed, step, task) rows on the "
-        "z-scored training statistics, on task identity (fixed effects), and on both. Right: the "
-        "share of the spread of the tasks' mean ln squared norm (the imbalance) that each set of "
-        "statistics would produce if it acted across tasks as it does within them (its "
-        "fixed-effects coefficients applied to the task means); dotted: 0.5; values below -1 "
-        "(effects that predict far larger or reversed task differences) are drawn at -1."
+        "The share of the spread of the tasks' log pooled squared norm (the imbalance) that each "
+        "set of statistics would produce if it acted across tasks as it does within them: "
+        "within-task effects from a log-link GLM of window-mean squared norms (zero and negative "
+        "included) with task fixed effects, applied to the task means. Dotted: 0.5, the margin "
+        "of claims (e) and (f); values and interval ends below -1 are drawn at -1."
     )
     return Fig("regression", fig, caption)
-
-
-def _r2(reg: explain.Regression, name: str) -> float:
-    return {"statistics": reg.r2_stats, "task identity": reg.r2_task, "both": reg.r2_both}[name]
 
 
 FACTORS = {
@@ -207,7 +152,7 @@ def fig_decomposition(items: list[GroupAnalysis], pal: Palette) -> Fig | None:
         ax.set_xticks(range(len(tasks)), tasks, rotation=15)
         for tick, task in zip(ax.get_xticklabels(), tasks, strict=True):
             tick.set_color(pal(task))
-        shares = ", ".join(f"{k.split()[0]} {fmt(v)}" for k, v in a.shares.items())
+        shares = ", ".join(f"{k.split()[0]} {fmt(v)}" for k, v in a.decomposition_shares.items())
         labels(
             ax, "task", "ratio to the smallest task (×, log)", f"{a.label}\nln-variance: {shares}"
         )

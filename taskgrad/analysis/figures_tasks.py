@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from taskgrad.analysis import measures
 from taskgrad.analysis.analyse import GroupAnalysis
 from taskgrad.analysis.figures import (
     Fig,
@@ -16,7 +15,6 @@ from taskgrad.analysis.figures import (
     grid,
     labels,
     panels,
-    set_log,
 )
 from taskgrad.analysis.stats import fmt
 
@@ -55,42 +53,44 @@ def fig_cosine(items: list[GroupAnalysis]) -> Fig | None:
             labels(ax, "task", "task", f"{a.label}: {half} half of training")
     finish(fig, "Cosine similarity of task gradients", [])
     caption = (
-        "cos(g_j, g_k) = <g_j, g_k> / sqrt(u_j u_k) from the step's Gram matrix (undefined, and "
-        "left out, when either unbiased squared norm is not positive), averaged over the steps of "
-        "the first and of the second half of training and over seeds; the diagonal is 1."
+        "cos(g_j, g_k) = I_jk / sqrt(U_j U_k) of the sums over the steps of the first and of the "
+        "second half of training (and seeds) of the unbiased inner products and squared norms: "
+        "sums first, the cosine after, so per-step noise does not bias it. Undefined (n/a) where "
+        "either task has no detectable gradient signal (its pooled squared norm's 95% interval "
+        "holds 0)."
     )
     return Fig("cosine", fig, caption)
 
 
 def fig_proxy(items: list[GroupAnalysis], pal: Palette) -> Fig | None:
-    """Proxy (last attention block) vs full-model unbiased squared norm, per task and step."""
-    pairs = {a.label: measures.proxy_pairs(a.group) for a in items}
-    rows = [a for a in items if len(pairs[a.label])]
+    """Proxy (last attention block) vs full-model squared norm, window means per task."""
+    rows = [a for a in items if any(w.proxy_sum is not None for w in a.windows)]
     if not rows:
         return None
     fig, axes = panels(len(rows), 4.6, 3.8)
-    dropped = 0
     for ax, a in zip(axes, rows, strict=True):
-        p = pairs[a.label]
-        ok = (p.full > 0) & (p.proxy > 0)
-        dropped += int((~ok).sum())
-        for task in a.group.tasks:
-            t = p[ok & (p.task == task)]
-            ax.scatter(t.full, t.proxy, color=pal(task), s=12, alpha=0.5, lw=0)
-        set_log(ax, "x")
-        set_log(ax)
+        for w in a.windows:
+            if w.proxy_sum is None:
+                continue
+            with np.errstate(invalid="ignore", divide="ignore"):
+                proxy = w.proxy_sum / w.n
+            for k, task in enumerate(a.group.tasks):
+                ax.scatter(w.u[:, k], proxy[:, k], color=pal(task), s=14, alpha=0.6, lw=0)
+        ax.set_xscale("symlog", linthresh=1e-6)
+        ax.set_yscale("symlog", linthresh=1e-7)
+        rho, lo, hi = a.proxy
         labels(
             ax,
-            "full-model squared norm (unbiased), log",
-            "proxy squared norm (unbiased), log",
-            f"{a.label}: Spearman {fmt(a.proxy[0])}",
+            "full-model squared norm (window mean), symlog",
+            "proxy squared norm (window mean), symlog",
+            f"{a.label}: rho {fmt(rho)} [{fmt(lo)}, {fmt(hi)}]",
         )
     finish(fig, "Does the cheap proxy track the full gradient?", pal.handles(all_tasks(rows)))
     caption = (
-        "Each point: one task at one step of one seed. The proxy is the gradient of the last "
-        "attention block (the paper's cheap stand-in). Titles: Spearman's rho over all points "
-        f"(non-positive values included); {dropped} points with a non-positive estimate are not "
-        "drawn on the log axes."
+        "Each point: one task in one window of one seed (window means of the unbiased estimates, "
+        "zero and negative included). The proxy is the gradient of the last attention block (the "
+        "paper's cheap stand-in). Titles: Spearman's rho across tasks per window, averaged over "
+        "windows and seeds, with its 95% block-bootstrap interval."
     )
     return Fig("proxy-vs-full", fig, caption)
 
@@ -104,11 +104,12 @@ def fig_transfer(items: list[GroupAnalysis]) -> Fig | None:
     fig, axes = grid(len(rows), n_cols, 4.8, 4.0)
     for row, a in zip(axes, rows, strict=True):
         mats = list(a.transfer.items())[:n_cols]
-        vmax = max(float(np.nanmax(np.abs(m.to_numpy(dtype=float)))) for _, m in mats) or 1.0
-        for ax, (step, m) in zip(row, mats, strict=True):
+        vmax = max(float(np.nanmax(np.abs(t.gain.to_numpy(dtype=float)))) for _, t in mats)
+        for ax, (step, t) in zip(row, mats, strict=True):
+            shown = t.gain.where(t.resolved)  # below resolution: n/a
             heatmap(
                 ax,
-                m,
+                shown,
                 vmax if np.isfinite(vmax) and vmax > 0 else 1.0,
                 "Δ probe reward (fraction correct)",
             )
@@ -116,7 +117,7 @@ def fig_transfer(items: list[GroupAnalysis]) -> Fig | None:
                 ax,
                 "evaluated task k",
                 "task j whose part of the step is applied",
-                f"{a.label}: step {step}",
+                f"{a.label}: step {step}, noise floor {fmt(t.floor, 3)}",
             )
         for ax in row[len(mats) :]:
             ax.set_visible(False)
@@ -124,6 +125,8 @@ def fig_transfer(items: list[GroupAnalysis]) -> Fig | None:
     caption = (
         "Row j, column k: the paired probe-reward change on task k when only task j's part of the "
         "AdamW step is applied (its fresh-gradient term, with the step's preconditioner and clip "
-        "factor), at the steps in diagnostics.transfer_at; mean over seeds."
+        "factor), at the steps in diagnostics.transfer_at; mean over seeds. Entries whose 95% "
+        "interval (over probe prompts) holds 0 are below the probe's resolution and shown as n/a; "
+        "titles give the noise floor, the median half-width of that interval."
     )
     return Fig("transfer", fig, caption)

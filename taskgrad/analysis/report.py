@@ -18,9 +18,9 @@ from taskgrad.analysis import figures_tasks as FT
 from taskgrad.analysis.analyse import GroupAnalysis, analyse
 from taskgrad.analysis.document import Document
 from taskgrad.analysis.explain import ratio
-from taskgrad.analysis.gains import N_BOOT
 from taskgrad.analysis.runs import group_runs, load_run
-from taskgrad.analysis.stats import fmt, fmt_ci, fmt_explained, times
+from taskgrad.analysis.stats import fmt, fmt_ci, times
+from taskgrad.analysis.windows import N_BOOT
 
 Section = Callable[[Document, list[GroupAnalysis], F.Palette], None]
 
@@ -124,35 +124,27 @@ def section_imbalance(doc: Document, items: list[GroupAnalysis], pal: F.Palette)
     doc.heading("Imbalance over training")
     rows = []
     for a in items:
-        im = a.imbalance
-        per_seed = ", ".join(f"{times(v)}" for v in im.per_seed_median)
-        noise = a.noise.dropna()
-        rows.append(
-            [
-                a.label,
-                f"{times(im.median)} ({per_seed})",
-                f"{times(im.mean_ratio)}",
-                str(im.largest),
-                str(im.smallest),
-                f"{times(im.adam_median)}",
-                f"{fmt(noise.min())}-{fmt(noise.max())}" if len(noise) else "n/a",
-            ]
-        )
+        im, sig = a.imbalance, a.signal
+        per_seed = ", ".join(times(v) for v in im.per_seed)
+        fractions = [f"{t} {fmt(f)}" for t, f in zip(sig.tasks, sig.signal_fraction, strict=True)]
+        rows.append([
+            a.label, im.text(), per_seed, str(im.largest), str(im.smallest),
+            ", ".join(fractions),
+        ])  # fmt: skip
     doc.table(
-        [
-            "configuration",
-            "median imbalance (per seed)",
-            "ratio of training means",
-            "largest-gradient task",
-            "smallest",
-            "median imbalance, AdamW geometry",
-            "noise / naive norm (range over tasks)",
-        ],
+        ["configuration", "imbalance, pooled [95% CI]", "per seed", "largest-gradient task",
+         "smallest", "signal fraction (pooled unbiased / naive)"],
         rows,
-        "Imbalance = largest / smallest positive unbiased squared norm of a step; median over "
-        "steps per seed (the table gives the median of those), and the ratio of the tasks' "
-        "training-mean squared norms, which is less sensitive to a noisy smallest estimate.",
-    )
+        "Imbalance = the largest over the smallest pooled unbiased squared norm (sums over all "
+        "measured steps and seeds first, the ratio after) among the tasks with detectable "
+        "gradient signal (95% block-bootstrap interval of the pooled estimate above 0); an "
+        "undetectable task makes every ratio with it undefined, so it is named, not included.",
+    )  # fmt: skip
+    rows = []
+    for a in items:
+        for task, r in a.shares.iterrows():
+            rows.append([a.label, str(task), fmt_ci(r.share, r.lo, r.hi)])
+    doc.table(["configuration", "task", "share of the update, pooled [95% CI]"], rows)
     doc.figure(F.fig_imbalance(items, pal))
     doc.figure(F.fig_noise(items, pal))
 
@@ -161,128 +153,42 @@ def section_gain(doc: Document, items: list[GroupAnalysis], pal: F.Palette) -> N
     doc.heading("Does gradient size predict learning gain?")
     rows = []
     for a in items:
-        for pos, r in a.rank_by_position.items():
-            centers = sorted({w.center for w in a.windows if w.position == pos})
-            rows.append(
-                [
-                    a.label,
-                    f"near {pos} (step {', '.join(map(str, centers))})",
-                    str(r.n_units),
-                    fmt_ci(r.rho, r.lo, r.hi),
-                ]
-            )
-        rows.append(
-            [
-                a.label,
-                "**pooled** (all windows and seeds)",
-                str(a.rank.n_units),
-                fmt_ci(a.rank.rho, a.rank.lo, a.rank.hi),
-            ]
-        )
+        for key in ("b", "c"):
+            v = a.verdicts[key]
+            rows.append([a.label, f"({key})", v.text, v.outcome])
     doc.table(
-        ["configuration", "window", "(seed, window) units", "Spearman rho [95% CI]"],
+        ["configuration", "claim", "statistic", "verdict"],
         rows,
-        "rho across tasks between the mean unbiased squared norm in the s steps before a "
-        "window centre and the learning gain over the window.",
+        "Units: disjoint pairs of windows (w, w + 1) in each seed; the gradient is window w's "
+        "mean unbiased squared norm, the gain the mean reward over window w + 1 minus window w.",
     )
-    for a in items:
-        doc.para(f"**{a.label}.** {a.rank.sentence()} {largest_sentence(a)}")
     doc.figure(FE.fig_gain_vs_grad(items, pal))
-
-
-def largest_sentence(a: GroupAnalysis) -> str:
-    lt = a.largest
-    if not lt.ranks:
-        return ""
-    return (
-        f"The largest-gradient task had the largest gain in {fmt(100 * lt.match_share, 0)}% of "
-        f"{len(lt.ranks)} (seed, window) units and the smallest gain in "
-        f"{fmt(100 * lt.lowest_share, 0)}% (chance: {fmt(100 / max(lt.n_tasks, 1), 0)}%)."
-    )
 
 
 def section_explain(doc: Document, items: list[GroupAnalysis], pal: F.Palette) -> None:
     doc.heading("What explains the gradient?")
-    rows = []
-    for a in items:
-        adv = a.advantage
-        per_task = ", ".join(f"{t} {fmt(v)}" for t, v in adv.per_task.items())
-        rows.append(
-            [
-                a.label,
-                fmt_ci(adv.within, adv.within_lo, adv.within_hi),
-                per_task,
-                fmt_ci(adv.across, adv.across_lo, adv.across_hi),
-            ]
-        )
+    rows = [[a.label, a.verdicts["d"].text, a.verdicts["d"].outcome] for a in items]
     doc.table(
-        ["configuration", "within-task rho [95% CI]", "per task", "across-task rho [95% CI]"],
+        ["configuration", "|advantage| and squared norm: Spearman rho [95% CI]", "claim (d)"],
         rows,
-        "Spearman rho of mean |advantage| and the unbiased squared norm.",
+        "Within: across windows, per (seed, task) series, averaged; across: of the task means, "
+        "per seed, averaged. Window means of u are noisy, which attenuates both.",
     )
     doc.figure(FE.fig_adv_vs_grad(items, pal))
-    regression_tables(doc, items)
-    doc.figure(FE.fig_regression(items))
-
-
-def regression_tables(doc: Document, items: list[GroupAnalysis]) -> None:
-    rows, coefs = [], []
-    for a in items:
-        for r in a.regressions:
-            rows.append(
-                [
-                    a.label,
-                    r.name,
-                    str(r.n),
-                    fmt(r.r2_stats),
-                    fmt(r.r2_task),
-                    fmt(r.r2_both),
-                    fmt(r.unique_task),
-                    fmt_explained(r.imbalance_explained),
-                ]
-            )
-        for stat, c in a.regressions[0].coefs.iterrows():
-            coefs.append(
-                [
-                    a.label,
-                    str(stat),
-                    fmt_ci(c.coef, c.lo, c.hi),
-                    fmt(c.p, 3),
-                    fmt_ci(c.coef_fe, c.lo_fe, c.hi_fe),
-                    fmt(c.p_fe, 3),
-                ]
-            )
+    rows = [
+        [a.label, e.name, fmt_ci(e.explained, e.lo, e.hi)]
+        for a in items for e in a.explanations
+    ]  # fmt: skip
     doc.table(
-        [
-            "configuration",
-            "statistics",
-            "rows",
-            "R² statistics",
-            "R² task",
-            "R² both",
-            "task beyond statistics",
-            "imbalance explained by statistics (within-task effects)",
-        ],
+        ["configuration", "statistics", "imbalance explained [95% CI]"],
         rows,
-        "OLS of ln(unbiased squared norm) on z-scored statistics, task fixed effects, or both; "
-        "rows with a non-positive estimate are left out "
-        f"({', '.join(str(a.nonpositive) for a in items)}"
-        " per configuration).",
+        "Within-task effects of the statistics from a log-link GLM of window-mean squared norms "
+        "(variance proportional to the mean squared; zero and negative window means kept) with "
+        "task fixed effects, applied to the task means; 1: they account for the imbalance, 0: "
+        "for none of it, negative: they predict the opposite order. Intervals: block bootstrap "
+        "over seeds and windows.",
     )
-    if coefs:
-        doc.table(
-            [
-                "configuration",
-                "statistic (z-scored)",
-                "coef [95% CI], no task effects",
-                "p",
-                "coef [95% CI], task fixed effects",
-                "p",
-            ],
-            coefs,
-            "Change in ln squared norm per standard deviation of each statistic (HC1 "
-            "errors; steps are autocorrelated, so intervals are optimistic).",
-        )
+    doc.figure(FE.fig_regression(items))
 
 
 def section_length(doc: Document, items: list[GroupAnalysis], pal: F.Palette) -> None:
@@ -322,8 +228,8 @@ def section_length(doc: Document, items: list[GroupAnalysis], pal: F.Palette) ->
         "Means over seeds and measured steps; u = |A|² λ² S exactly on these means.",
     )
     for a in items:
-        if any(v == v for v in a.shares.values()):
-            parts = ", ".join(f"{k} {fmt(v)}" for k, v in a.shares.items())
+        if any(v == v for v in a.decomposition_shares.values()):
+            parts = ", ".join(f"{k} {fmt(v)}" for k, v in a.decomposition_shares.items())
             doc.para(f"**{a.label}.** Share of the across-task variance of ln u: {parts}.")
     doc.figure(FE.fig_decomposition(items, pal))
     sets = aggregation_sets(items)
@@ -355,7 +261,7 @@ def aggregation_table(doc: Document, sets: list[list[GroupAnalysis]]) -> None:
                 [
                     a.label,
                     str(a.group.cfg("grpo.loss_agg")),
-                    f"{times(a.imbalance.median)}",
+                    a.imbalance.text(),
                     f"{times(ratio(t.sqnorm))}",
                     f"{times(ratio(t.score))}",
                     f"{times(ratio(t.contribution))}",
@@ -365,7 +271,7 @@ def aggregation_table(doc: Document, sets: list[list[GroupAnalysis]]) -> None:
         [
             "configuration",
             "loss_agg",
-            "median per-step imbalance",
+            "imbalance, pooled [95% CI]",
             "max/min mean u",
             "max/min S",
             "max/min w²u",
@@ -378,12 +284,24 @@ def aggregation_table(doc: Document, sets: list[list[GroupAnalysis]]) -> None:
 def section_tasks(doc: Document, items: list[GroupAnalysis], pal: F.Palette) -> None:
     doc.heading("How tasks relate: cosines, proxy, transfer")
     doc.figure(FT.fig_cosine(items))
-    rows = [[a.label, fmt(a.proxy[0]), ", ".join(fmt(v) for v in a.proxy[1])] for a in items]
-    doc.table(["configuration", "Spearman proxy vs full (pooled)", "summary.json, per seed"], rows)
+    rows = [[a.label, fmt_ci(*a.proxy)] for a in items]
+    doc.table(
+        ["configuration", "proxy vs full: Spearman rho across tasks per window, mean [95% CI]"],
+        rows,
+    )
     doc.figure(FT.fig_proxy(items, pal))
     transfer = FT.fig_transfer(items)
     if transfer is None:
         doc.para("No transfer matrix was measured (diagnostics.transfer_at is empty).", note=True)
+    else:
+        for a in items:
+            for step, t in a.transfer.items():
+                n = int(t.resolved.to_numpy().sum())
+                doc.para(
+                    f"**{a.label}, step {step}.** Noise floor (median 95% half-width over probe "
+                    f"prompts) {fmt(t.floor, 3)}; {n} of {t.gain.size} entries above it, the "
+                    "others below the probe's resolution."
+                )
     doc.figure(transfer)
 
 
@@ -419,11 +337,11 @@ def section_balance(doc: Document, items: list[GroupAnalysis], pal: F.Palette) -
 
 
 def section_methods(doc: Document, items: list[GroupAnalysis], pal: F.Palette) -> None:
-    from taskgrad.analysis import explain, gains, measures
+    from taskgrad.analysis import explain, measures, verdicts, windows
 
     doc.heading("Methods")
     doc.para("The statistics behind every number above, as stated in the code that computes them.")
-    for module in (gains, explain, measures):
+    for module in (windows, verdicts, explain, measures):
         doc.pre((module.__doc__ or "").strip())
 
 

@@ -20,7 +20,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskgrad.analysis.gains import N_BOOT
+from taskgrad.analysis.windows import N_BOOT
 
 AGGREGATIONS = ("token_mean", "seq_mean", "constant")
 RESERVED = ("preset", "seed", "run_name", "runs_root")  # set per run by reproduce itself
@@ -50,8 +50,8 @@ def ablation_available() -> bool:
 
 def plan(
     seeds: int = 3,
-    length_seeds: int = 1,
-    ablation_seeds: int = 1,
+    length_seeds: int = 3,
+    ablation_seeds: int = 3,
     overrides: list[str] | None = None,
 ) -> list[Planned]:
     """The runs of one reproduction, in the order they are trained."""
@@ -191,8 +191,8 @@ def _run_worker(planned: Planned, runs_root: Path, threads: int, log: bool, labe
 def reproduce(
     out: str | Path = "runs/reproduce",
     seeds: int = 3,
-    length_seeds: int = 1,
-    ablation_seeds: int = 1,
+    length_seeds: int = 3,
+    ablation_seeds: int = 3,
     overrides: list[str] | None = None,
     n_boot: int = N_BOOT,
     jobs: int = 1,

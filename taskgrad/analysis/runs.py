@@ -1,8 +1,8 @@
 """Run directories as data: load them, group runs of one configuration, label what differs.
 
 A run directory holds ``config.yaml``, ``metrics.jsonl`` (one flat record per step; ``null`` where
-a metric is undefined), ``summary.json`` and ``versions.json`` (see taskgrad/rundir.py). Reports
-read nothing else.
+a metric is undefined), ``evals.jsonl`` (each held-out prompt's outcome per evaluation),
+``summary.json`` and ``versions.json`` (see taskgrad/rundir.py). Reports read nothing else.
 
 Runs whose configs are identical apart from the keys in ``PLUMBING`` (seed, names, paths,
 checkpointing, progress bar) form one ``Group``: its seeds are aggregated. Groups are labelled by
@@ -56,6 +56,23 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return frame
 
 
+def read_evals(path: Path) -> dict[int, dict[str, np.ndarray]]:
+    """evals.jsonl as step -> task -> per-prompt outcomes [n_prompts] (the share of the prompt's
+    completions that were correct: 0 or 1 for greedy, j/k for avg@k; in the task's eval_set
+    order); {} if the file is absent. Resume markers and torn lines are resolved by
+    ``taskgrad.rundir.read_records``; a repeated (step, task) line: the last one wins."""
+    from taskgrad.rundir import read_records
+
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for rec in read_records(path):
+        k = int(rec.get("samples", 1))
+        counts = np.frombuffer(rec["correct"].encode("ascii"), dtype=np.uint8) - ord("0")
+        if counts.size and counts.max() > k:
+            raise ValueError(f"{path}: step {rec['step']} {rec['task']}: outcomes must be 0..{k}")
+        out.setdefault(int(rec["step"]), {})[rec["task"]] = counts / k
+    return dict(sorted(out.items()))
+
+
 @dataclass
 class Run:
     """One run directory, read."""
@@ -98,11 +115,21 @@ class Run:
             return self.metrics[key]
         return pd.Series(np.nan, index=self.metrics.index, name=key)
 
+    @property
+    def scored_tasks(self) -> list[str]:
+        """The tasks that count in the accuracy endpoints (``scored``; a distractor does not)."""
+        return [t["name"] for t in self.config.get("tasks", []) if t.get("scored", True)]
+
     def heldout(self) -> pd.DataFrame:
         """Held-out accuracy [n_evals, K]: rows are the evaluated steps (step 0 included) where
-        every task was evaluated, columns the tasks."""
-        frame = self.task_frame(M.eval_key("{task}"), steps="all")
+        every task was evaluated, columns the scored tasks."""
+        frame = self.task_frame(M.eval_key("{task}"), steps="all")[self.scored_tasks]
         return frame.dropna(how="any")
+
+    def outcomes(self) -> dict[int, dict[str, np.ndarray]]:
+        """Per-prompt held-out outcomes, step -> task -> [n_prompts] (read from evals.jsonl on
+        each call; {} for runs written before it existed)."""
+        return read_evals(self.path / "evals.jsonl")
 
     def task_frame(self, pattern: str, steps: str = "train") -> pd.DataFrame:
         """Columns = tasks, from keys ``pattern.format(task=...)``; rows = steps.

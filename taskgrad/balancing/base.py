@@ -31,6 +31,26 @@ from taskgrad.registry import NoOptions, Registry, parse_options
 
 
 @dataclass
+class TaskWindow:
+    """Means over the last ``steps`` measured steps (this one included) of per-task statistics,
+    with their standard errors sd / sqrt(n): the noise-aware inputs of strategies driven by
+    progress or gradient size. Per-step values are noisy; sums over steps are not biased by the
+    noise, so strategies read these rather than single-step estimates.
+
+    Names: ``sqnorm_unbiased``, ``sqnorm_naive`` (from the Gram), ``reward``, ``abs_advantage``,
+    ``zero_adv_share`` (from the rollouts). A task absent from a step adds nothing to its means.
+    """
+
+    steps: int  # how many steps the means cover (the window, or fewer at the start)
+    mean: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [K] float64
+    se: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [K] float64
+
+    def detectable(self, name: str = "sqnorm_unbiased", z: float = 1.96) -> torch.Tensor:
+        """[K] bool: the window mean is above zero by more than z standard errors."""
+        return torch.nan_to_num(self.mean[name] - z * self.se[name], nan=-1.0) > 0
+
+
+@dataclass
 class TaskGradStats:
     tasks: list[str]  # K task names, in config order
     step: int
@@ -39,6 +59,7 @@ class TaskGradStats:
     module_grams: dict[str, torch.Tensor] = field(default_factory=dict)  # scope -> [2K, 2K]
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [K], e.g. "reward"
     gains: torch.Tensor | None = None  # [K] latest learning gain (NaN where unknown)
+    window: TaskWindow | None = None  # window means of the statistics above (noise-aware)
 
     @property
     def num_tasks(self) -> int:
@@ -74,17 +95,10 @@ class Balance:
 
 
 # What a strategy may read of TaskGradStats besides the batch composition (shares).
-READABLE = frozenset(
-    {
-        "gram",
-        "module_grams",
-        "reward",
-        "abs_advantage",
-        "zero_adv_share",
-        "response_length",
-        "gains",
-    }
-)
+READABLE = frozenset({
+    "gram", "module_grams", "reward", "abs_advantage", "zero_adv_share", "response_length",
+    "objective_scale", "gains", "window",
+})  # fmt: skip
 
 
 class Strategy:

@@ -52,9 +52,21 @@ def first_call_of_step(state: dict[str, Any], s: TaskGradStats) -> bool:
 
 
 def stat(s: TaskGradStats, name: str) -> torch.Tensor:
-    """A per-task training statistic as float64 [K]; NaN where missing."""
+    """A per-task training statistic of this step as float64 [K]; NaN where missing."""
     value = s.stats.get(name)
     return nan_vector(s.num_tasks) if value is None else value.double()
+
+
+def window_stat(s: TaskGradStats, name: str) -> torch.Tensor:
+    """The window mean of a statistic (TaskWindow, noise-aware) as float64 [K]; this step's value
+    where the loop gave no window (e.g. strategies called outside the loop)."""
+    if s.window is not None and name in s.window.mean:
+        return s.window.mean[name].double()
+    if name in ("sqnorm_unbiased", "sqnorm_naive"):
+        from taskgrad.gradients import task_statistics
+
+        return task_statistics(s.group_gram, s.shares)[name]
+    return stat(s, name)
 
 
 def sample_sqnorms(s: TaskGradStats, scope: str | None = None) -> torch.Tensor:

@@ -11,7 +11,14 @@ from typing import Any
 import torch
 
 from taskgrad.balancing.base import STRATEGIES, Balance, Strategy, TaskGradStats
-from taskgrad.balancing.common import ema_update, first_call_of_step, floor_mix, nan_vector, stat
+from taskgrad.balancing.common import (
+    ema_update,
+    first_call_of_step,
+    floor_mix,
+    nan_vector,
+    stat,
+    window_stat,
+)
 from taskgrad.schema import need
 
 
@@ -27,7 +34,8 @@ class DUMP(Strategy):
     softmax(score / ``temperature``)_k (DUMP's default temperature is 0.1), mixed with ``floor``.
 
     Departures: DUMP averages |A| over a sliding window of the last 300 completions and counts
-    completions; here Abar_k is a moving average over steps (``ema``) and n_k counts batches in
+    completions; here Abar_k is the window mean over the last ``diagnostics.window`` steps
+    (TaskWindow), optionally smoothed by ``ema``, and n_k counts batches in
     units of a uniform task share (a task sampled with probability p adds K p per step), which
     makes the exploration bonus larger than DUMP's for the same number of steps. The loop keeps at
     least one or two prompts per task in every batch, so no task goes unmeasured (SEC, Chen et al.
@@ -35,13 +43,13 @@ class DUMP(Strategy):
     """
 
     name = "dump"
-    reads = frozenset({"abs_advantage"})
+    reads = frozenset({"abs_advantage", "window"})
 
     @dataclass
     class Options:
         temperature: float = 0.1  # softmax temperature of the UCB scores, > 0 (DUMP: 0.1)
         exploration: float = 1.0  # weight of the count bonus, >= 0
-        ema: float = 0.8  # moving average of each task's mean |advantage|, in [0, 1)
+        ema: float = 0.0  # extra moving average over the window mean |advantage|, in [0, 1)
         floor: float = 0.0  # least sampling probability, in [0, 1/K)
 
         def check(self, where: str, num_tasks: int = 1, **_: Any) -> None:
@@ -70,8 +78,8 @@ class DUMP(Strategy):
     def __call__(self, s: TaskGradStats) -> Balance:
         o = self.options
         if first_call_of_step(self.state, s):
-            adv = stat(s, "abs_advantage")  # [K], NaN where the task was not in the batch
-            seen = torch.isfinite(adv)
+            seen = torch.isfinite(stat(s, "abs_advantage"))  # in this batch
+            adv = window_stat(s, "abs_advantage")  # [K] window mean
             self.state["score"] = ema_update(self.state["score"], adv, o.ema)
             share = s.num_tasks * self.state["sampling"]
             self.state["counts"] = self.state["counts"] + torch.where(seen, share, 0.0)

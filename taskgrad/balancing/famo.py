@@ -22,6 +22,7 @@ from taskgrad.balancing.common import (
     nan_vector,
     softmax_jvp,
     stat,
+    window_stat,
 )
 from taskgrad.schema import need
 
@@ -37,21 +38,25 @@ class FAMO(Strategy):
     which equalises the rate of improvement across tasks.
 
     Departures for RL: GRPO's surrogate loss is centred by the group baseline and has no floor, so
-    the loss is L_k = 1 - reward_k + ``eps`` (the floor eps bounds the 1/L_k factor, which favours
-    tasks near reward 1, to 1/eps); the reward is smoothed by ``ema`` because before/after are
-    two different batches of prompts (FAMO re-evaluates the same batch). grad L_k = -grad reward_k
-    is taken to point along the task's GRPO gradient g_k.
+    the loss is L_k = 1 - J_k + ``eps`` with J_k the task's expected reward, estimated by its
+    window mean reward (TaskWindow; FAMO re-evaluates one batch before and after the step, here
+    before and after are different prompt batches, so single-step rewards would be mostly noise),
+    smoothed further by ``ema``; eps bounds the 1/L_k factor, which favours tasks near reward 1.
+    The GRPO gradient is not grad L_k itself: E g_k ~ kappa_k grad L_k, with kappa_k the task's
+    ``objective_scale`` (group-std scaling and length normalisation; batch.objective_scale), so
+    the coefficient on g_k is z_k / (L_k kappa_k), which makes the update sum_k z_k grad log L_k
+    as FAMO asks.
     """
 
     name = "famo"
-    reads = frozenset({"reward"})
+    reads = frozenset({"reward", "window", "objective_scale"})
 
     @dataclass
     class Options:
         lr: float = 0.025  # Adam step size of the logits xi, > 0
         weight_decay: float = 0.01  # on the logits, >= 0
         eps: float = 0.1  # floor of the loss proxy L_k = 1 - reward_k + eps, > 0
-        ema: float = 0.5  # moving average of the rewards, in [0, 1)
+        ema: float = 0.0  # extra moving average over the window mean rewards, in [0, 1)
 
         def check(self, where: str, **_: Any) -> None:
             need(self.lr > 0, f"{where}.lr", f"lr > 0, got {self.lr}")
@@ -72,7 +77,7 @@ class FAMO(Strategy):
     def _observe(self, s: TaskGradStats) -> None:
         """Fold this step's rewards in; move the logits by the log-improvement since last step."""
         o = self.options
-        self.state["reward"] = ema_update(self.state["reward"], stat(s, "reward"), o.ema)
+        self.state["reward"] = ema_update(self.state["reward"], window_stat(s, "reward"), o.ema)
         loss = 1 - self.state["reward"] + o.eps  # [K], NaN where never seen
         previous = self.state["loss"]
         delta = torch.nan_to_num(previous.log() - loss.log(), nan=0.0)  # [K]
@@ -85,5 +90,7 @@ class FAMO(Strategy):
         if first_call_of_step(self.state, s):
             self._observe(s)
         z = torch.softmax(self.state["logits"], 0)  # [K]
-        a = z / torch.nan_to_num(self.state["loss"], nan=1.0)
+        kappa = stat(s, "objective_scale")  # [K] E g_k ~ kappa_k grad L_k
+        kappa = torch.where(torch.isfinite(kappa) & (kappa > 0), kappa, 1.0)
+        a = z / (torch.nan_to_num(self.state["loss"], nan=1.0) * kappa)
         return Balance(combination_weights(a, s.shares), task_info={"z": z})

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from taskgrad.balancing.base import STRATEGIES, Balance, Strategy, TaskGradStats
+from taskgrad.balancing.common import window_stat
 from taskgrad.schema import need
 
 
@@ -17,18 +18,19 @@ class GradProportional(Strategy):
     """The paper's ablation: sample tasks in proportion to their squared gradient norm.
 
     Wu et al. (2026) sample the next batch's tasks with probability proportional to the task's
-    squared gradient norm. We use the split-half unbiased estimate, smoothed by an exponential
-    moving average (``ema``) because one step's estimate is noisy and can be negative; tasks
-    whose smoothed estimate is not positive get the floor probability ``floor`` so that they
-    are still measured. The update itself is the plain mix (weights one).
+    squared gradient norm. One step's split-half estimate is unbiased but mostly noise (and can
+    be negative), so we use its window mean over the last ``diagnostics.window`` steps
+    (TaskWindow), optionally smoothed further by ``ema``; a task whose window mean is not above
+    zero by 1.96 standard errors has no detectable gradient signal and gets the floor probability
+    ``floor`` only, so that it is still measured. The update itself is the plain mix (weights one).
     """
 
     name = "grad_proportional"
-    reads = frozenset({"gram"})
+    reads = frozenset({"gram", "window"})
 
     @dataclass
     class Options:
-        ema: float = 0.8  # moving average of the unbiased squared norms, in [0, 1)
+        ema: float = 0.0  # extra moving average over the window means, in [0, 1)
         floor: float = 0.02  # least sampling probability, in [0, 1/K)
 
         def check(self, where: str, num_tasks: int = 1, **_: Any) -> None:
@@ -42,7 +44,9 @@ class GradProportional(Strategy):
 
     def __call__(self, s: TaskGradStats) -> Balance:
         ema, floor = self.options.ema, self.options.floor
-        new = s.sqnorm_unbiased()  # [K], NaN where a task had no two halves
+        new = window_stat(s, "sqnorm_unbiased")  # [K], NaN where a task had no two halves
+        if s.window is not None:  # no detectable signal: no share beyond the floor
+            new = torch.where(s.window.detectable(), new, torch.zeros_like(new))
         old = self.state["sqnorm"]
         avg = torch.where(torch.isnan(old), new, ema * old + (1 - ema) * new)
         avg = torch.where(torch.isnan(avg), old, avg)  # keep the last value when unmeasured

@@ -22,7 +22,7 @@ from taskgrad.balancing.common import (
     floor_mix,
     nan_vector,
     softmax_jvp,
-    stat,
+    window_stat,
 )
 from taskgrad.schema import need
 
@@ -46,12 +46,14 @@ class MTGRPO(Strategy):
 
     Departures: the paper's sampler over-samples and filters to hit exact ratios in each batch;
     here the ratio is matched in expectation by the sampling probabilities, since the loop keeps
-    every sampled prompt. Improvement is the change of the smoothed reward (``ema``) between
-    consecutive steps, which are different prompt batches.
+    every sampled prompt. The reward and the zero-advantage share are window means over the last
+    ``diagnostics.window`` steps (TaskWindow; one batch's reward is mostly sampling noise),
+    optionally smoothed by ``ema``; improvement is the change of that mean between consecutive
+    steps, which are different prompt batches.
     """
 
     name = "mt_grpo"
-    reads = frozenset({"reward", "zero_adv_share"})
+    reads = frozenset({"reward", "zero_adv_share", "window"})
 
     @dataclass
     class Options:
@@ -59,7 +61,7 @@ class MTGRPO(Strategy):
         lr: float = 0.05  # Adam step size of the logits, > 0
         weight_decay: float = 0.01  # on the logits, >= 0
         clip: float = 0.1  # per-step improvement clipped to +-clip, > 0
-        ema: float = 0.5  # moving average of rewards and zero-advantage shares, in [0, 1)
+        ema: float = 0.0  # extra moving average over the window means, in [0, 1)
         floor: float = 0.05  # least weight per task, in [0, 1/K)
         min_signal: float = 0.05  # least informative share in the sampler, in (0, 1]
         mode: Literal["sampling", "weights"] = "sampling"  # how z acts (paper: sampling)
@@ -88,16 +90,15 @@ class MTGRPO(Strategy):
     def _observe(self, s: TaskGradStats) -> None:
         o = self.options
         previous = self.state["reward"]
-        reward = ema_update(previous, stat(s, "reward"), o.ema)  # [K]
+        reward = ema_update(previous, window_stat(s, "reward"), o.ema)  # [K]
         improvement = torch.nan_to_num(reward - previous, nan=0.0).clamp(-o.clip, o.clip)
         delta = improvement + o.lam * torch.nan_to_num(reward, nan=0.0)  # [K]
         z = torch.softmax(self.state["logits"], 0)  # the floor mix scales the Jacobian:
         grad = (1 - o.floor * s.num_tasks) * softmax_jvp(z, delta)
         adam_step(self.state, "logits", grad, o.lr, o.weight_decay)
         self.state["reward"] = reward
-        self.state["zero_adv"] = ema_update(
-            self.state["zero_adv"], stat(s, "zero_adv_share"), o.ema
-        )
+        zero_adv = window_stat(s, "zero_adv_share")
+        self.state["zero_adv"] = ema_update(self.state["zero_adv"], zero_adv, o.ema)
 
     def __call__(self, s: TaskGradStats) -> Balance:
         if first_call_of_step(self.state, s):

@@ -1,26 +1,49 @@
-"""Per-task gradient metrics of one step: pure functions of the group buffers, the balance that
-was applied and the optimizer's state.
+"""Per-task gradient metrics of one step: pure functions of the group buffers, the weights that
+were applied and the optimizer's state.
 
 All estimators are entries or simple functions of the group Gram (gradients.py). Per-step values
-are noisy estimates: they are logged as such, and reports aggregate them over steps first.
+are noisy *estimates*: they are logged as such, and reports aggregate them over windows of steps
+before any ratio, log or cosine (taskgrad.analysis.windows).
 
-**AdamW geometry.** The step applied is not the gradient: AdamW divides by sqrt(v_hat) + eps.
-With P = 1 / (sqrt(v_hat) + eps) from the state after the step, ``adam_share`` is each task's share
-of the preconditioned gradient, <P G_k, P g> / ||P g||^2, and ``step_share`` its share of the
-first-order loss decrease of the actual step: <G_k, dtheta> / <g, dtheta> (momentum and weight
-decay included in dtheta).
+**Applied weights.** A strategy's multipliers can differ between parameters (per-module
+strategies); ``BalancedStep.param_weights`` [n_params, K] holds the multiplier each parameter
+applied to each task's contribution, and update shares, contributions, the transfer matrix and
+the step shares are all computed with them.
+
+**AdamW's geometry.** The step applied is not the gradient. Two measures:
+
+- ``applied_share`` (exact, needs every update captured): AdamW's first moment is linear in the
+  gradients, so it splits into per-task moments m_k(t) = beta1 m_k(t-1) + (1 - beta1) c_t G_k(t)
+  (c_t: the clip factor; G_k: the applied contribution) that sum to m exactly. The step is then
+  dtheta = -lr * wd * theta + sum_k dtheta_k with dtheta_k = -lr P m_k / (1 - beta1^t),
+  P = 1 / (sqrt(v_hat) + eps) after the step; applied_share_k = <dtheta_k, dtheta> / ||dtheta||^2
+  and ``decay_share`` the weight decay's part (they sum to one).
+- ``precond_share``: the share of the preconditioned *fresh* gradient, <P G_k, P g> / ||P g||^2,
+  which ignores momentum (the fresh gradient is only (1 - beta1) of the first moment), and
+  ``precond_sqnorm``, the split-half cross product <P g_kA, P g_kB>: not unbiased, since P is
+  built from the same gradients.
+
+``step_share`` is each task's share of the first-order loss change of the applied step:
+<G_k, dtheta> / <g, dtheta>.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from taskgrad import metrics as M
 from taskgrad.balancing import Balance
-from taskgrad.gradients import GroupGradients, imbalance_ratio, scope_members, task_statistics
+from taskgrad.gradients import (
+    GroupGradients,
+    applied_gram,
+    imbalance_ratio,
+    scope_members,
+    task_statistics,
+)
 from taskgrad.stats import spearman
 
 MAIN_STATS = ("sqnorm_unbiased", "sqnorm_naive", "noise", "update_share", "contribution_sqnorm")
@@ -33,11 +56,25 @@ class BalancedStep:
 
     grams: torch.Tensor  # [n_params, M, M] per-parameter group Gram, float64
     shares: torch.Tensor  # [K, 2] s_kh
-    balance: Balance  # the strategy's weights (and module weights, sampling, info)
+    balance: Balance  # the strategy's output (weights, module weights, sampling, info)
+    param_weights: torch.Tensor  # [n_params, K] the multiplier each parameter applied
+
+    @property
+    def uniform_over_params(self) -> bool:
+        """Every parameter applied the same task weights (no per-module weights)."""
+        return bool(torch.all(self.param_weights == self.param_weights[:1]))
 
     @property
     def weights(self) -> torch.Tensor:
-        return self.balance.task_weights.double()  # [K]
+        """[K] the task weights where they are uniform; else the mean over parameters."""
+        return self.param_weights.mean(0) if not self.uniform_over_params else self.param_weights[0]
+
+    def statistics(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        """task_statistics over the parameters ``idx``, with the weights they applied."""
+        if self.uniform_over_params:
+            return task_statistics(self.grams[idx].sum(0), self.shares, self.param_weights[0])
+        applied = applied_gram(self.grams[idx], self.param_weights[idx])
+        return task_statistics(self.grams[idx].sum(0), self.shares, applied=applied)
 
 
 def scope_metrics(
@@ -53,6 +90,7 @@ def scope_metrics(
         for a in range(len(tasks)):
             for b in range(a + 1, len(tasks)):
                 out[M.cos_key(name, tasks[a], tasks[b])] = float(stats["cos"][a, b])
+                out[M.inner_key(name, tasks[a], tasks[b])] = float(stats["inner"][a, b])
     return out
 
 
@@ -64,7 +102,7 @@ def scope_label(scope: str) -> str:
 def gradient_metrics(
     groups: GroupGradients, step: BalancedStep, tasks: list[str], scope: str, breakdown: bool
 ) -> dict[str, float]:
-    """Norms, noise, cosines and update shares of every scope the buffers cover."""
+    """Norms, noise, cosines, inner products and update shares of every scope the buffers cover."""
     members = scope_members(groups.names, breakdown)
     if scope != "full":  # buffers hold the scope only: no "full" to speak of
         members = {scope_label(scope): members.pop("full")}
@@ -72,7 +110,7 @@ def gradient_metrics(
     out: dict[str, float] = {}
     unbiased = {}
     for name, idx in members.items():
-        stats = task_statistics(step.grams[idx].sum(0), step.shares, step.weights)
+        stats = step.statistics(idx)
         is_main = name in (main, "proxy")
         which = MAIN_STATS if is_main else BREAKDOWN_STATS
         out.update(scope_metrics(name, stats, tasks, which, is_main))
@@ -95,6 +133,14 @@ def preconditioner(
     return groups.flat(parts)
 
 
+def task_parts(groups: GroupGradients, step: BalancedStep) -> torch.Tensor:
+    """The applied contributions W_k G_k of each task, [K, P] (W per parameter)."""
+    k = step.param_weights.shape[1]
+    rows = groups.buffer.view(k, 2, -1).sum(1)  # [K, P]  G_k
+    w = torch.stack([groups.expand(step.param_weights[:, j]) for j in range(k)])  # [K, P]
+    return rows * w
+
+
 def adam_metrics(
     groups: GroupGradients,
     step: BalancedStep,
@@ -103,18 +149,69 @@ def adam_metrics(
     tasks: list[str],
     scope: str,
 ) -> dict[str, float]:
-    """Task shares in the optimizer's geometry; ``delta`` [P] is the applied parameter update."""
+    """Preconditioned-fresh-gradient shares and step shares; ``delta`` [P] is the applied update."""
     main = scope_label(scope)
-    weights = step.weights
-    stats = task_statistics(groups.param_grams(weight=precond).sum(0), step.shares, weights)
-    dots = groups.dots(delta).view(len(tasks), 2).sum(1) * weights  # [K]  <w_k G_k, dtheta>
+    pgrams = groups.param_grams(weight=precond)  # [n_params, M, M] of P G_m
+    pre = BalancedStep(pgrams, step.shares, step.balance, step.param_weights)
+    stats = pre.statistics(list(range(len(groups.names))))
+    dots = (task_parts(groups, step) @ delta.to(groups.buffer)).double()  # [K] <W_k G_k, dtheta>
     total = dots.sum()
     out: dict[str, float] = {}
     for k, task in enumerate(tasks):
-        out[M.grad_key(main, task, "adam_share")] = float(stats["update_share"][k])
-        out[M.grad_key(main, task, "adam_sqnorm_unbiased")] = float(stats["sqnorm_unbiased"][k])
+        out[M.grad_key(main, task, "precond_share")] = float(stats["update_share"][k])
+        out[M.grad_key(main, task, "precond_sqnorm")] = float(stats["sqnorm_unbiased"][k])
         out[M.grad_key(main, task, "step_dot")] = float(dots[k])
         share = float(dots[k] / total) if total != 0 else math.nan
         out[M.grad_key(main, task, "step_share")] = share
-    out[M.grad_scope_key(main, "adam_imbalance")] = imbalance_ratio(stats["sqnorm_unbiased"])
+    out[M.grad_scope_key(main, "precond_imbalance")] = imbalance_ratio(stats["sqnorm_unbiased"])
     return out
+
+
+class TaskMomentum:
+    """AdamW's first moment split by task over the scope: m_k, with sum_k m_k = m (see top).
+
+    Valid only if every optimizer step since the start was captured; ``valid`` turns False for
+    good at the first update that was not (its per-task parts are unknown).
+    """
+
+    def __init__(self, groups: GroupGradients, num_tasks: int, beta1: float) -> None:
+        self.beta1 = beta1
+        self.buffer = torch.zeros(num_tasks, groups.offsets[-1], dtype=groups.buffer.dtype,
+                                  device=groups.buffer.device)  # fmt: skip
+        self.valid = True
+
+    def update(self, parts: torch.Tensor | None, clip_coef: float) -> None:
+        """Fold in one optimizer step's applied contributions [K, P] (None: not captured)."""
+        if parts is None:
+            self.valid = False
+            return
+        self.buffer.mul_(self.beta1).add_(parts * clip_coef, alpha=1 - self.beta1)
+
+    def metrics(
+        self,
+        precond: torch.Tensor,
+        delta: torch.Tensor,
+        lr: float,
+        adam_step: float,
+        tasks: list[str],
+        scope: str,
+    ) -> dict[str, float]:
+        """applied_share per task and decay_share, against the applied update ``delta`` [P]."""
+        if not self.valid:
+            return {}
+        main = scope_label(scope)
+        steps = -lr * precond * self.buffer / (1 - self.beta1**adam_step)  # [K, P] dtheta_k
+        total = float(delta.double() @ delta.double())
+        if total == 0:
+            return {}
+        dots = (steps.double() @ delta.double()) / total  # [K]
+        out = {M.grad_key(main, t, "applied_share"): float(dots[k]) for k, t in enumerate(tasks)}
+        out[M.grad_scope_key(main, "decay_share")] = 1.0 - float(dots.sum())
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer": self.buffer.cpu(), "valid": self.valid}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffer.copy_(state["buffer"])
+        self.valid = bool(state["valid"])

@@ -7,8 +7,10 @@ are paired prompt by prompt (and seed by seed):
     gain/<task>/probe      probe now minus probe at the previous probe step
     gain/<task>/one_step   probe just after one update minus just before it
     transfer/<j>__<k>      probe gain on k from applying only task j's part of the step
+                           (``/se``: its standard error over the probe prompts)
 
-Intervals are the paired normal approximation over prompts.
+Intervals are the paired normal approximation over prompts; a gain whose interval holds 0 is
+below the probe's resolution (reports say so and print the noise floor, the median half-width).
 
 **Transfer.** Task j's part of a step is the fresh-gradient term of the AdamW update restricted to
 its gradient: dtheta_j = -lr (1 - beta1) / (1 - beta1^t) * c * P * G_j (c: the clip factor). These
@@ -107,27 +109,34 @@ def transfer_matrix(
     before: ProbeRewards,
     params_before: list[torch.Tensor],
     *,
-    task_weights: torch.Tensor | None,
+    parts: torch.Tensor,
     precond: torch.Tensor,
     lr: float,
     clip_coef: float,
     beta1: float,
     adam_step: float,
 ) -> dict[str, float]:
-    """T[j, k]: probe gain on task k from applying only task j's part of the step (see top).
+    """T[j, k]: probe gain on task k from applying only task j's part of the step (see top),
+    with its standard error over the probe prompts (``/se``).
 
-    ``params_before``: the in-scope parameters before the step; ``adam_step``: AdamW's step count
-    t after it; ``lr``: the step's own rate; ``precond`` [P]: AdamW's P after the step.
+    ``parts`` [K, P]: each task's applied contribution W_j G_j (the multipliers each parameter
+    applied); ``params_before``: the in-scope parameters before the step; ``adam_step``: AdamW's
+    step count t after it; ``lr``: the step's own rate; ``precond`` [P]: AdamW's P after the step.
     """
     params_after = [p.detach().clone() for _, p in groups.params]
     fresh = lr * (1 - beta1) / (1 - beta1**adam_step) * clip_coef
     out = {}
     for j, task_j in enumerate(prober.tasks):
-        w_j = float(task_weights[j]) if task_weights is not None else 1.0
-        g_j = w_j * (groups.buffer[2 * j] + groups.buffer[2 * j + 1])  # [P]  w_j G_j
-        delta = -fresh * precond * g_j
+        delta = -fresh * precond * parts[j]
         groups.assign(params_before, delta)
         for task_k, values in prober().items():
-            out[M.transfer_key(task_j.name, task_k)] = float((values - before[task_k]).mean())
+            diff = (values - before[task_k]).double()
+            out[M.transfer_key(task_j.name, task_k)] = float(diff.mean())
+            se = (
+                float(diff.std(unbiased=True)) / math.sqrt(diff.numel())
+                if diff.numel() > 1
+                else math.nan
+            )
+            out[M.transfer_key(task_j.name, task_k, "se")] = se
     groups.assign(params_after)
     return out

@@ -51,6 +51,9 @@ class Task(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
+    # the reward checks the completion (a reference answer scores 1, a wrong one 0); False for a
+    # control whose reward ignores it (distractor); the property tests read this
+    verifiable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -59,6 +62,7 @@ class Task(ABC):
         name: str | None = None,
         eval_size: int = 64,
         seed: int = 0,
+        eval_split: str = "test",
         **kwargs: Any,
     ) -> None:
         if name is not None:  # e.g. the dataset task is registered once, instantiated per dataset
@@ -69,6 +73,7 @@ class Task(ABC):
             raise TypeError("pass options either as an Options instance or as keywords")
         self.options = options
         self.eval_size = eval_size
+        self.eval_split = eval_split  # "test", or "tune": a held-out set disjoint from test
         self.seed = seed
         self._eval: list[Sample] | None = None
         self._eval_prompts: set[str] = set()
@@ -92,27 +97,45 @@ class Task(ABC):
         return sample.answer
 
     def eval_set(self) -> list[Sample]:
-        """The fixed held-out set: ``eval_size`` distinct prompts from a seed of its own."""
+        """The fixed held-out set: up to ``eval_size`` distinct prompts, the same for every seed.
+
+        Drawn from a seed of the task's own (its name), so runs with different seeds are scored
+        on the same prompts and their differences pair. The set never takes more than half of a
+        small prompt space: where ``40 * eval_size`` draws find hardly any new prompt in their
+        last quarter (under 1%), the space counts as exhausted and the held-out set is capped at
+        half the distinct prompts seen, leaving the rest to train on. With ``eval_split="tune"``
+        it is a second set, disjoint from the test set (for tuning baselines without seeing the
+        test prompts), drawn from its own seed likewise.
+        """
         if self._eval is None:
-            rng = random.Random(_stable_seed(self.name, self.seed, "eval"))
-            out: list[Sample] = []
-            seen: set[str] = set()
-            for _ in range(self.eval_size * 100):
-                if len(out) == self.eval_size:
-                    break
-                s = self.generate(rng)
-                if s.prompt not in seen:
-                    seen.add(s.prompt)
-                    out.append(s)
-            self._eval, self._eval_prompts = out, seen
+            test = self._held_out("eval", exclude=set())
+            if self.eval_split == "tune":
+                self._eval = self._held_out("tune", exclude={s.prompt for s in test})
+            else:
+                self._eval = test
+            self._eval_prompts = {s.prompt for s in self._eval}
         return self._eval
+
+    def _held_out(self, stream: str, exclude: set[str]) -> list[Sample]:
+        """Up to eval_size distinct prompts outside ``exclude`` from the named seed stream, at
+        most half of what remains of an exhausted prompt space."""
+        rng = random.Random(_stable_seed(self.name, stream))
+        draws = [s for s in (self.generate(rng) for _ in range(40 * self.eval_size))
+                 if s.prompt not in exclude]  # fmt: skip
+        distinct = list({s.prompt: s for s in draws}.values())  # first draw of each prompt
+        early = {s.prompt for s in draws[: 3 * len(draws) // 4]}
+        new_late = sum(1 for s in distinct if s.prompt not in early)
+        size = self.eval_size
+        if new_late < 0.01 * max(len(draws) // 4, 1):  # the space is (nearly) exhausted
+            size = min(size, len(distinct) // 2)
+        return distinct[:size]
 
     def sample(self, rng: random.Random) -> Sample:
         """A training sample that is never one of the held-out prompts."""
-        held_out = {s.prompt for s in self.eval_set()}
+        self.eval_set()
         for _ in range(1000):
             s = self.generate(rng)
-            if s.prompt not in held_out:
+            if s.prompt not in self._eval_prompts:
                 return s
         raise RuntimeError(f"task {self.name!r}: could not draw a prompt outside the eval set")
 
@@ -126,11 +149,15 @@ def _stable_seed(*parts: object) -> int:
 TASKS: Registry[type[Task]] = Registry("task", "taskgrad.tasks", Task)
 
 
-def build_tasks(specs: list[Any], *, eval_size: int, seed: int) -> list[Task]:
+def build_tasks(
+    specs: list[Any], *, eval_size: int, seed: int, eval_split: str = "test"
+) -> list[Task]:
     """One task instance per config ``TaskSpec`` (name, type, options), options validated."""
     tasks = []
     for i, spec in enumerate(specs):
         cls = TASKS.get(spec.type or spec.name)
         options = parse_options(cls, spec.options, f"tasks[{i}].options")
-        tasks.append(cls(options, name=spec.name, eval_size=eval_size, seed=seed))
+        tasks.append(
+            cls(options, name=spec.name, eval_size=eval_size, seed=seed, eval_split=eval_split)
+        )
     return tasks

@@ -136,13 +136,20 @@ class Dataset(Task):
         return Sample(self.name, prompt, str(answer), meta)
 
     def _split(self, samples: list[Sample], eval_fraction: float | None) -> None:
-        """Held-out prompts from a seeded shuffle of the distinct prompts; the rest train."""
+        """Held-out prompts from a shuffle of the distinct prompts seeded by the task's name alone
+        (the same split for every run seed); the rest train. The "tune" split is the next block
+        of the shuffle, disjoint from the test one."""
         prompts = list(dict.fromkeys(s.prompt for s in samples))
-        random.Random(_stable_seed(self.name, self.seed, "split")).shuffle(prompts)
+        random.Random(_stable_seed(self.name, "split")).shuffle(prompts)
         wanted = (
             round(eval_fraction * len(prompts)) if eval_fraction is not None else self.eval_size
         )
-        held_out = set(prompts[: max(0, min(wanted, len(prompts) - 1))])  # keep one to train on
+        n = max(0, min(wanted, len(prompts) - 1))  # keep one to train on
+        if self.eval_split == "tune":
+            start = n
+            n = max(0, min(wanted, len(prompts) - 1 - start))
+            prompts = prompts[start:]
+        held_out = set(prompts[:n])
         first: dict[str, Sample] = {}
         for s in samples:
             if s.prompt in held_out:
