@@ -323,3 +323,35 @@ def test_describe_os_error_names_the_path():
         "cannot write /d/m.jsonl: no space left on device"
     )
     assert describe_os_error(OSError(30, "x", "/ro")) == "cannot write /ro: read-only file system"
+
+
+def test_evals_jsonl_follows_the_resume_markers(tmp_path):
+    pytest.importorskip("pandas")
+    from taskgrad.analysis.runs import read_evals
+
+    run = RunDir(tmp_path)
+    run.log_eval(0, {"a": [0, 0]})
+    run.log_eval(2, {"a": [1, 0]})
+    run.log_eval(4, {"a": [1, 1]})
+    run.evals_path.write_bytes(run.evals_path.read_bytes() + b'{"step": 6, "ta')  # torn
+    run.mark_resume(2)  # step 4 came after the checkpoint of step 2
+    assert sorted(read_evals(run.evals_path)) == [0, 2]
+    run.log_eval(4, {"a": [0, 1]})
+    assert read_evals(run.evals_path)[4]["a"].tolist() == [0.0, 1.0]
+
+
+def test_restart_moves_evals_aside_too(tmp_path):
+    run = RunDir(tmp_path)
+    run.log({"step": 0})
+    run.log_eval(0, {"a": [1]})
+    assert run.restart().name == "metrics.partial-1.jsonl"
+    assert (tmp_path / "evals.partial-1.jsonl").exists() and not run.evals_path.exists()
+
+
+def test_truncate_metrics_of_the_former_api_only_appends(tmp_path):
+    run = RunDir(tmp_path)
+    for step in range(4):
+        run.log({"step": step})
+    before = run.metrics_path.read_bytes()
+    assert [r["step"] for r in run.truncate_metrics(1)] == [0, 1]
+    assert run.metrics_path.read_bytes().startswith(before)
