@@ -569,8 +569,10 @@ class RunDir:
         return target
 
     def finish(self, tasks: list[str]) -> None:
+        """Write summary.json; the run is over, so its lock is released too."""
         summary = summarize(self.records(), tasks)
         write_atomic(self.path / "summary.json", json.dumps(clean(summary), indent=2))
+        self.close()
 
     # -- the process around the loop -----------------------------------------------------------
     @contextlib.contextmanager
