@@ -4,13 +4,20 @@
     taskgrad report RUN_DIR [RUN_DIR ...] [--out DIR]
     taskgrad reproduce [--seeds N] [--out DIR] [key=value ...]
 
-Bad input (an unknown key, task or preset, an invalid value, a malformed dataset file) ends with a
-one-line ``error: ...`` naming what is wrong, and exit status 2.
+Every error a user can cause ends with one line ``error: ...`` on stderr naming what is wrong,
+and exit status 2: an unknown key, task or preset, an invalid or nonsense value, malformed YAML
+(preset file, override or a run's config.yaml), a malformed dataset file or one too small to
+hold out a prompt, device=cuda without a GPU, a runs path under a file, a run directory that is
+not empty or is in use by another process, a disk that is full or read-only (the path named), a
+run stopped by non-finite numbers (taskgrad/numerics.py). A run whose setup fails leaves no run
+directory behind. Ctrl-C ends with one line too (for training: the step and the resume command)
+and exit status 130. ``TASKGRAD_TRACEBACK=1`` shows the full traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,9 +30,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
-            raise ValueError(f"--resume: {run_dir} holds no config.yaml")
-        if args.overrides:
-            raise ValueError("--resume continues a run as configured; overrides are not allowed")
+            raise ValueError(f"--resume: {run_dir} holds no config.yaml (not a run directory)")
+        if args.overrides or args.config or args.run_dir:
+            raise ValueError(
+                "--resume continues a run as configured; overrides, --config and --run-dir are "
+                "not allowed with it"
+            )
         cfg = RunDir.load_config(run_dir)
         path = train(cfg, run_dir, resume=True)
     else:
@@ -51,7 +61,11 @@ def _compare(args: argparse.Namespace) -> int:
             raise ValueError(f"--{flag}: must be at least 1, got {value}")
     from taskgrad.balancing import STRATEGIES
 
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    listed = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    strategies = list(dict.fromkeys(listed))  # a strategy listed twice is trained and counted once
+    if len(strategies) < len(listed):
+        twice = sorted({s for s in listed if listed.count(s) > 1})
+        note(f"--strategies: {', '.join(twice)} listed more than once; each counts once")
     for name in [*strategies, args.baseline]:
         STRATEGIES.get(name)  # unknown names fail here, listing the valid ones
     if args.baseline not in strategies:
@@ -90,11 +104,27 @@ def _check_report_extra() -> None:
         ) from None
 
 
+def unique_runs(paths: list[str]) -> list[str]:
+    """Each run once: a run directory listed twice (by any path to it) would count as two seeds."""
+    seen: dict[Path, str] = {}
+    for p in paths:
+        key = Path(p).resolve()
+        if key in seen:
+            note(f"{p} is listed more than once (as {seen[key]}); it counts once")
+            continue
+        seen[key] = p
+    return list(seen.values())
+
+
+def note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
 def _report(args: argparse.Namespace) -> int:
     _check_report_extra()
     from taskgrad.analysis.report import build_report
 
-    out = build_report(args.run_dirs, args.out, title=args.title)
+    out = build_report(unique_runs(args.run_dirs), args.out, title=args.title)
     print(f"report: {out / 'report.html'}")
     print(f"        {out / 'report.md'}")
     return 0
@@ -146,30 +176,46 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--config", help="a preset name or a YAML config file to start from")
     p_train.add_argument("--run-dir", help="where to write the run (default runs/<time>-...)")
     p_train.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
-    )
+        "--resume", metavar="RUN_DIR",
+        help="continue a run from its last complete checkpoint (a run with none starts over from "
+        "step 0, with its config; its partial metrics are kept as metrics.partial-N.jsonl)",
+    )  # fmt: skip
     p_train.add_argument(
         "--report", action="store_true", help="write report.html/report.md into the run directory"
     )
     add_report_parsers(sub)
     add_compare_parser(sub)
     args = parser.parse_args(argv)
-    from taskgrad.analysis.reproduce import RunsFailed
-
+    commands = {"train": _train, "report": _report, "reproduce": _reproduce, "compare": _compare}
     try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "reproduce":
-            return _reproduce(args)
-        if args.command == "compare":
-            return _compare(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RunsFailed) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        return commands[args.command](args)
+    except BaseException as e:
+        code, message = user_error(e, args.command)
+        if code is None or os.environ.get("TASKGRAD_TRACEBACK"):
+            raise
         print(f"error: {message}".splitlines()[0], file=sys.stderr)
-        return 2
-    return 1
+        return code
+
+
+def user_error(e: BaseException, command: str) -> tuple[int | None, str]:
+    """(exit status, one-line message) of an error a user can cause; (None, "") for a bug."""
+    from taskgrad.analysis.reproduce import RunsFailed
+    from taskgrad.numerics import NonFiniteError
+    from taskgrad.rundir import Interrupted, RunLocked, describe_os_error
+
+    if isinstance(e, Interrupted):
+        return 130, str(e)
+    if isinstance(e, KeyboardInterrupt):
+        if command == "train":
+            return 130, "interrupted before training started (no run directory was written)"
+        return 130, "interrupted; run the same command again to continue"
+    if isinstance(e, OSError):
+        return 2, describe_os_error(e)
+    if isinstance(e, KeyError):
+        return 2, str(e.args[0]) if e.args else "KeyError"
+    if isinstance(e, ValueError | RunsFailed | RunLocked | NonFiniteError | ImportError):
+        return 2, str(e) or type(e).__name__
+    return None, ""
 
 
 def add_report_parsers(sub) -> None:

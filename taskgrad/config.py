@@ -9,6 +9,9 @@ one-line message naming the field. ``to_dict`` gives the resolved tree that a ru
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -104,6 +107,9 @@ class OptimConfig:
     max_grad_norm: float = 1.0  # clip the global gradient norm; 0 disables clipping
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = 0
+    # A step whose loss, gradient or parameters are not finite is skipped (no update); this many
+    # skipped in a row stop the run with an error (see taskgrad/numerics.py).
+    max_skipped_steps: int = 3
 
 
 @dataclass
@@ -194,6 +200,9 @@ class Config:
     runs_root: str = "runs"  # run directories are created under it
     run_name: str | None = None  # default: <time>-<preset>-s<seed>
     checkpoint_every: int = 25  # steps between checkpoints (the last step always saves)
+    # also checkpoint once this many minutes passed since the last checkpoint (0: steps only), so
+    # that slow steps never put more than this much work at risk
+    checkpoint_minutes: float = 10.0
     keep_checkpoints: int = 1  # how many recent checkpoints to keep
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True  # show a progress bar
@@ -208,21 +217,44 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in files if p.name.endswith(".yaml"))
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """``"LINE:COL: invalid YAML: <problem>"`` (1-based) for a YAML error, on one line."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{mark.line + 1}:{mark.column + 1}: " if mark is not None else " "
+    problem = getattr(e, "problem", None) or str(e)
+    return f"{where}invalid YAML: {' '.join(str(problem).split())}"
+
+
 def _preset_dict(name: str) -> dict[str, Any]:
     path = Path(name)
-    if path.suffix in {".yaml", ".yml"} and path.exists():
-        text = path.read_text()
+    if path.suffix in {".yaml", ".yml"}:
+        if not path.is_file():
+            raise ConfigError(f"preset: {name}: no such file")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"preset: {name}: cannot read it ({e})") from None
     elif name in preset_names():
         text = resources.files("taskgrad.presets").joinpath(f"{name}.yaml").read_text()
     else:
         raise ConfigError(f"preset: unknown preset {name!r}; valid: {', '.join(preset_names())}")
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{name}:{yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"preset {name!r}: the top level must be a mapping")
     return data
 
 
 # --- overrides -------------------------------------------------------------------------------
+
+
+class _NotYAML(str):
+    """An override value that YAML could not parse, kept as the string it is."""
+
+    problem = ""
+
 
 # Shorthands accepted on the command line: `model=Qwen/...` sets model.name_or_path and
 # `tasks=a,b` sets the task list by names.
@@ -243,8 +275,11 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         else:
             try:
                 value = yaml.safe_load(raw) if raw.strip() else ""
-            except yaml.YAMLError:
-                value = raw
+            except yaml.YAMLError as e:
+                # Kept as a string (a regex like "[qk]_proj" is not YAML, and need not be); if
+                # the field wanted a list or mapping, load_config's error quotes the YAML problem.
+                value = _NotYAML(raw)
+                value.problem = yaml_problem(e)
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -332,7 +367,89 @@ def validate(cfg: Config) -> Config:
     need(0 <= cfg.eval.samples <= 9, "eval.samples", f"0..9, got {cfg.eval.samples!r}")
     if cfg.eval.every is not None and cfg.eval.every < 0:
         raise ConfigError(f"eval.every: must be >= 0 or null, got {cfg.eval.every!r}")
+    _check_ranges(cfg)
     return cfg
+
+
+def _floats(node: Any, where: str = "") -> list[tuple[str, float]]:
+    """Every float of the config tree with its dotted name (plug-in options excluded: their own
+    ``check`` validates them)."""
+    if dataclasses.is_dataclass(node):
+        out = []
+        for f in dataclasses.fields(node):
+            if f.name != "options":
+                out += _floats(getattr(node, f.name), f"{where}{f.name}.")
+        return out
+    if isinstance(node, list | tuple):
+        return [x for i, v in enumerate(node) for x in _floats(v, f"{where[:-1]}[{i}].")]
+    return [(where[:-1], node)] if isinstance(node, float) else []
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Values a run would accept and then misbehave on: NaN/inf, negative clip ranges, betas
+    outside [0, 1), a warmup as long as the run, empty probes, an invalid scope regex."""
+    for name, value in _floats(cfg):
+        need(math.isfinite(value), name, f"a finite number, got {value!r}")
+    g, o, d, m = cfg.grpo, cfg.optim, cfg.diagnostics, cfg.model
+    need(g.clip_eps > 0, "grpo.clip_eps", f"a number > 0, got {g.clip_eps!r}")
+    need(
+        g.clip_eps_high is None or g.clip_eps_high > 0,
+        "grpo.clip_eps_high",
+        f"a number > 0 or null, got {g.clip_eps_high!r}",
+    )
+    need(g.kl_coef >= 0, "grpo.kl_coef", f"a number >= 0, got {g.kl_coef!r}")
+    need(
+        g.loss_constant is None or g.loss_constant > 0,
+        "grpo.loss_constant",
+        f"a positive integer or null, got {g.loss_constant!r}",
+    )
+    need(o.weight_decay >= 0, "optim.weight_decay", f"a number >= 0, got {o.weight_decay!r}")
+    for i, beta in enumerate(o.betas):
+        need(0 <= beta < 1, f"optim.betas[{i}]", f"a number in [0, 1), got {beta!r}")
+    need(o.eps > 0, "optim.eps", f"a number > 0, got {o.eps!r}")
+    need(
+        o.max_grad_norm >= 0,
+        "optim.max_grad_norm",
+        f">= 0 (0: no clipping), got {o.max_grad_norm!r}",
+    )
+    need(
+        0 <= o.warmup_steps < cfg.steps or o.warmup_steps == 0,
+        "optim.warmup_steps",
+        f"0 <= warmup_steps < steps ({cfg.steps}), got {o.warmup_steps!r}",
+    )
+    need(o.max_skipped_steps >= 1, "optim.max_skipped_steps", f">= 1, got {o.max_skipped_steps!r}")
+    need(
+        cfg.eval.max_new_tokens is None or cfg.eval.max_new_tokens > 0,
+        "eval.max_new_tokens",
+        f"a positive integer or null, got {cfg.eval.max_new_tokens!r}",
+    )
+    need(d.gain_window >= 0, "diagnostics.gain_window", f">= 0 steps, got {d.gain_window!r}")
+    need(d.probe_every >= 0, "diagnostics.probe_every", f">= 0, got {d.probe_every!r}")
+    need(d.probe_size >= 1, "diagnostics.probe_size", f">= 1 prompt, got {d.probe_size!r}")
+    need(d.probe_samples >= 1, "diagnostics.probe_samples", f">= 1, got {d.probe_samples!r}")
+    for key in ("one_step_at", "transfer_at"):
+        bad = [s for s in getattr(d, key) if s < 1]
+        need(not bad, f"diagnostics.{key}", f"training steps (>= 1), got {bad[0] if bad else ''}")
+    if d.scope not in ("full", "proxy"):
+        try:
+            re.compile(d.scope)
+        except re.error as e:
+            raise ConfigError(f"diagnostics.scope: invalid regex {d.scope!r}: {e}") from None
+    need(m.max_prompt_tokens > 0, "model.max_prompt_tokens", f"> 0, got {m.max_prompt_tokens!r}")
+    t = m.tiny
+    for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
+        need(getattr(t, name) > 0, f"model.tiny.{name}", f"> 0, got {getattr(t, name)!r}")
+    need(t.hidden_size % t.num_heads == 0, "model.tiny.hidden_size", "a multiple of num_heads")
+    need(t.num_heads % t.num_kv_heads == 0, "model.tiny.num_heads", "a multiple of num_kv_heads")
+    need(t.warmstart_steps >= 0, "model.tiny.warmstart_steps", ">= 0")
+    need(t.warmstart_batch > 0 and t.warmstart_lr > 0, "model.tiny.warmstart_batch", "> 0 (lr too)")
+    need(0 <= cfg.seed < 2**32, "seed", f"an integer in [0, 2**32), got {cfg.seed!r}")
+    need(
+        cfg.checkpoint_minutes >= 0,
+        "checkpoint_minutes",
+        f">= 0 (0: by steps only), got {cfg.checkpoint_minutes!r}",
+    )
+    need(bool(str(cfg.runs_root).strip()), "runs_root", "a directory path")
 
 
 def _plugin_options(registry, name: str, options: dict, where: str, **context) -> Any:
@@ -353,4 +470,20 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     preset = over.pop("preset", None) or preset or "default"
     data = _merge(_preset_dict(str(preset)), over)
     data["preset"] = str(preset)
-    return validate(from_dict(Config, data))
+    try:
+        return validate(from_dict(Config, data))
+    except ConfigError as e:
+        for key, value in _leaves(over):
+            if isinstance(value, _NotYAML) and str(e).startswith(key):
+                raise ConfigError(f"{e} (override {key}:{value.problem})") from None
+        raise
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out

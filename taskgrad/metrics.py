@@ -9,6 +9,7 @@ gradient scope (``full``, ``proxy``, ``custom``, a module kind or ``layerNN``):
 | step      | `step`                         | training step (0: before training)              |
 | task/     | `task/<task>/<stat>`           | the step's rollout statistics (TASK_STATS)      |
 |           | `task/<task>/verifier/<name>`  | mean of a verifier's reward component           |
+|           | `task/<task>/nonfinite`        | 1: its loss/gradient was non-finite (only then) |
 | grad/     | `grad/<scope>/<task>/<stat>`   | per-task gradient estimates (GRAD_STATS)        |
 |           | `grad/<scope>/cos/<a>__<b>`    | cosine of two task gradients (per-step)         |
 |           | `grad/<scope>/inner/<a>__<b>`  | <g_a, g_b>: unbiased cross-task inner product   |
@@ -27,7 +28,13 @@ gradient scope (``full``, ``proxy``, ``custom``, a module kind or ``layerNN``):
 | eval/     | `eval/<task>/accuracy`         | greedy held-out accuracy                        |
 |           | `eval/mean_accuracy`           | its mean over the tasks                         |
 | train/    | `train/<stat>`                 | batch-wide values (TRAIN_STATS)                 |
+|           | `train/skipped`                | 1: the step was skipped (non-finite; only then) |
 | time/     | `time/<phase>`, `time/step`    | seconds per phase of the step, and in all       |
+
+Besides step records, ``metrics.jsonl`` holds *resume markers* ``{"resume": S, "time": ...,
+"pid": ...}`` (no ``step`` key): a resume from the checkpoint of step S appended it, and the
+records before it with a step after S no longer count. Read the file with
+``taskgrad.rundir.read_records`` (or ``RunDir.records``), which applies them (taskgrad/rundir.py).
 
 Per-step gradient values (`grad/`) are per-step *estimates*: unbiased where stated, but noisy;
 aggregate them over steps before taking ratios, logs or cosines (see gradients.py).
@@ -60,6 +67,8 @@ TASK_STATS = {
     "kl": "mean k3 KL to the reference policy per completion token (kl_coef > 0)",
     "batch_share": "s_k: its share of the batch objective (N_k/N for token_mean, B_k/B else)",
     "objective_scale": "kappa_k in E g_k ~ -kappa_k grad J_k (batch.objective_scale)",
+    "nonfinite": "1 when its loss or group gradient was non-finite (the step was skipped; "
+    "written only then)",
 }
 GRAD_STATS = {
     "sqnorm_unbiased": "<g_kA, g_kB>: split-half unbiased estimate of ||E g_k||^2",
@@ -93,6 +102,7 @@ TRAIN_STATS = {
     "loss": "the batch loss",
     "grad_norm": "global gradient norm before clipping",
     "lr": "learning rate of the step",
+    "skipped": "1 when the step was skipped: a non-finite loss or gradient (written only then)",
 }
 BALANCE_STATS = {"weight", "sampling"}
 PROXY_AGREEMENT = "grad/proxy_agreement/spearman"
@@ -157,6 +167,14 @@ EVAL_MEAN = "eval/mean_accuracy"
 
 def train_key(stat: str) -> str:
     return f"train/{stat}"
+
+
+SKIPPED = "train/skipped"  # 1.0 on a skipped step, absent otherwise (taskgrad/numerics.py)
+
+
+def nonfinite_key(task: str) -> str:
+    """1.0 when the task's loss or group gradient was non-finite (skipped steps only)."""
+    return task_key(task, "nonfinite")
 
 
 def time_key(phase: str) -> str:

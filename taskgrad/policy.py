@@ -5,7 +5,11 @@ character-level ``PreTrainedTokenizerFast``. It is built once per recipe, given 
 warm start on task demonstrations so that it starts with partial, task-dependent competence (as
 the paper's instruct checkpoints do), saved as a normal model directory, and loaded back through
 the same ``from_pretrained`` path as any hub model. The cache key is a hash of the recipe (tiny
-config, tasks and their options, recipe version), so a changed recipe rebuilds it.
+config, tasks and their options, the prompt limit, recipe version, and the contents of every
+local file a task option names, e.g. a dataset: see ``file_fingerprints``), so a changed recipe
+or an edited dataset rebuilds it. Warm-start prompts and demonstrations keep their first
+``model.max_prompt_tokens`` tokens (prompts as the rollout's tokenizer call truncates them), so one
+huge dataset row cannot blow up the warm start's memory.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from taskgrad.tasks import Task
 
 TINY = "tiny"
 # Bump when the tiny model's construction or warm start changes, to invalidate caches.
-RECIPE_VERSION = 6  # 6: the warm start avoids both held-out sets; eval size in the key
+# 7: prompts truncated to max_prompt_tokens in the warm start; dataset file contents in the key.
+# 6: the warm start avoids both held-out sets; eval size in the key.
+RECIPE_VERSION = 7
+# Files up to this size are hashed whole for the cache key; larger ones by size and mtime.
+HASH_LIMIT = 64 * 2**20
+# An upper bound on the characters of one token (1 for the character tokenizer, the only one the
+# warm start uses; BPE tokens rarely pass 16): text beyond it is cut before tokenizing.
+CHARS_PER_TOKEN = 32
 # Printable ASCII and newline: every prompt and answer of the procedural tasks.
 CHARSET = [chr(c) for c in range(32, 127)] + ["\n"]
 CHAR_TOKENIZER = "char-v1"
@@ -75,12 +86,15 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerBase, cfg: TinyModelConfig, s
     return Qwen2ForCausalLM(config)
 
 
-def warm_start(model, tokenizer, tasks: list[Task], cfg: TinyModelConfig) -> dict[str, float]:
+def warm_start(
+    model, tokenizer, tasks: list[Task], cfg: TinyModelConfig, max_tokens: int = 512
+) -> dict[str, float]:
     """Supervised warm start: next-token loss on ``prompt demonstration</s>``, answer tokens only.
 
     Returns the final loss. Demonstrations are drawn from the tasks' training distributions,
     equally from every task, and never from either held-out set (test or tune): the cached
-    model is shared by test runs and by the tuning runs of a comparison.
+    model is shared by test runs and by the tuning runs of a comparison. Prompts and
+    demonstrations keep their first ``max_tokens`` tokens.
     """
     avoid = [task.held_out_prompts() for task in tasks]
     rng = random.Random(cfg.warmstart_seed)
@@ -98,7 +112,7 @@ def warm_start(model, tokenizer, tasks: list[Task], cfg: TinyModelConfig) -> dic
             sample = task.sample(rng, avoid=avoid[i % len(tasks)])
             prompts.append(sample.prompt)
             targets.append(task.demonstration(sample))
-        batch = sft_batch(tokenizer, prompts, targets)
+        batch = sft_batch(tokenizer, prompts, targets, max_tokens)
         out = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")})
         logits = out.logits[:, :-1]  # [B, L-1, V]
         labels = batch["labels"][:, 1:]  # [B, L-1]
@@ -114,12 +128,21 @@ def warm_start(model, tokenizer, tasks: list[Task], cfg: TinyModelConfig) -> dic
     return {"warmstart/final_loss": loss.item()}
 
 
-def sft_batch(tokenizer, prompts: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
-    """Left-padded ``<s> prompt target </s>`` with labels on the target and EOS only."""
+def sft_batch(
+    tokenizer, prompts: list[str], targets: list[str], max_tokens: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Left-padded ``<s> prompt target </s>`` with labels on the target and EOS only; with
+    ``max_tokens``, prompt and target keep their first ``max_tokens`` tokens (the prompt as the
+    rollout's tokenizer call keeps it: right truncation, BOS included)."""
     rows, label_rows = [], []
     for p, t in zip(prompts, targets, strict=True):
+        if max_tokens is not None:  # no token spans more characters: tokenize only what is kept
+            p, t = p[: CHARS_PER_TOKEN * max_tokens], t[: CHARS_PER_TOKEN * max_tokens]
         p_ids = tokenizer(p)["input_ids"]
-        t_ids = tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        t_ids = tokenizer(t, add_special_tokens=False)["input_ids"]
+        if max_tokens is not None:
+            p_ids, t_ids = p_ids[:max_tokens], t_ids[:max_tokens]
+        t_ids = [*t_ids, tokenizer.eos_token_id]
         rows.append(p_ids + t_ids)
         label_rows.append([-100] * len(p_ids) + t_ids)
     width = max(map(len, rows))
@@ -142,15 +165,53 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def tiny_recipe(cfg: ModelConfig, specs: list[TaskSpec], eval_size: int) -> dict:
     """What the warm start depends on: the tasks' names (they seed the held-out sets), types and
-    options, and the held-out size (which prompts it avoids); not mixture weights, loss scales
-    or whether a task is scored, which only the RL runs read."""
-    return {
+    options with the contents of the files they name, the held-out size (which prompts it
+    avoids) and the prompt truncation; not mixture weights, loss scales or whether a task is
+    scored, which only the RL runs read."""
+    recipe = {
         "version": RECIPE_VERSION,
         "tiny": asdict(cfg.tiny),
         "tasks": [{"name": s.name, "type": s.type, "options": s.options} for s in specs],
         "eval_size": eval_size,
         "charset": "".join(CHARSET),
+        "max_prompt_tokens": cfg.max_prompt_tokens,
     }
+    files = file_fingerprints(specs)
+    if files:
+        recipe["files"] = files
+    return recipe
+
+
+def file_fingerprints(specs: list[TaskSpec]) -> dict[str, str]:
+    """{path: fingerprint} of every existing local file named by a task option (a dataset's
+    ``path``, or any plug-in's): the sha256 of its bytes up to ``HASH_LIMIT``, else its size and
+    modification time (hashing many GB on every start would cost more than it saves)."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        for value in _strings(spec.options):
+            try:
+                path = Path(value).expanduser()
+                if len(value) > 4096 or not path.is_file():
+                    continue
+            except (OSError, ValueError, RuntimeError):  # not a path (NUL, "~nobody/...")
+                continue
+            stat = path.stat()
+            if stat.st_size <= HASH_LIMIT:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                out[value] = f"sha256:{digest}"
+            else:
+                out[value] = f"size:{stat.st_size},mtime_ns:{stat.st_mtime_ns}"
+    return out
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def cache_root(cfg: ModelConfig) -> Path:
@@ -172,7 +233,7 @@ def ensure_tiny_model(
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, cfg.tiny, seed=cfg.tiny.warmstart_seed)
     with torch.device("cpu"):
-        metrics = warm_start(model, tokenizer, tasks, cfg.tiny)
+        metrics = warm_start(model, tokenizer, tasks, cfg.tiny, cfg.max_prompt_tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{key}-"))
     model.save_pretrained(tmp)

@@ -36,7 +36,16 @@ from taskgrad.diagnostics.gradient import (
 )
 from taskgrad.gradients import GroupGradients, scope_members, task_statistics
 from taskgrad.grpo import logprobs_and_entropy, policy_loss
+from taskgrad.numerics import (
+    Fault,
+    NonFiniteError,
+    check_backward,
+    check_parameters,
+    skipped_in_a_row,
+    stop_message,
+)
 from taskgrad.rollout import PromptBatch, Rollout, generate
+from taskgrad.rundir import warn
 from taskgrad.tasks import Task
 from taskgrad.trainer import Trainer, setup
 
@@ -287,18 +296,33 @@ class OptimizerStep:
     grad_norm: float  # the global gradient norm before clipping
     clip_coef: float  # the factor clipping applied (1: none)
     lr: float  # the learning rate it used
+    fault: Fault | None = None  # set when the update was skipped (nothing applied)
 
 
-def optimizer_step(trainer: Trainer) -> OptimizerStep:
+def optimizer_step(trainer: Trainer, step: int = 0) -> OptimizerStep:
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     clip = trainer.cfg.optim.max_grad_norm
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-    clip_coef = min(1.0, clip / (float(norm) + 1e-6)) if clip > 0 else 1.0
     lr = trainer.scheduler.get_last_lr()[0]
+    if not math.isfinite(float(norm)):  # the combined gradient: never applied (numerics.py)
+        return OptimizerStep(float(norm), 1.0, lr, fault=Fault("gradient"))
+    clip_coef = min(1.0, clip / (float(norm) + 1e-6)) if clip > 0 else 1.0
     trainer.optimizer.step()
+    check_parameters(trainer.policy, f"in the optimizer step of step {step}")
     trainer.scheduler.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     return OptimizerStep(grad_norm=float(norm), clip_coef=clip_coef, lr=lr)
+
+
+def skip_update(trainer: Trainer, step: int, inner: int, fault: Fault) -> dict[str, float]:
+    """Drop update ``inner`` of ``step`` and the step's later ones (see numerics.py)."""
+    trainer.optimizer.zero_grad(set_to_none=True)
+    for _ in range(trainer.cfg.grpo.inner_updates - inner):  # the schedule follows the step
+        trainer.scheduler.step()
+    row = trainer.skipped + 1
+    warn(f"step {step} skipped: {fault.describe()} ({row} in a row; the run stops at "
+         f"{trainer.cfg.optim.max_skipped_steps})")  # fmt: skip
+    return fault.metrics()
 
 
 def update(
@@ -320,7 +344,11 @@ def update(
     momentum = trainer.momentum
     geometry = measured is not None and (d.optimizer_geometry or momentum is not None)
     flat_before = groups.snapshot() if geometry else None
-    opt = optimizer_step(trainer)
+    opt = optimizer_step(trainer, step)
+    if opt.fault is not None:  # nothing was applied: no momentum, no diagnostics of it
+        return {M.train_key("grad_norm"): opt.grad_norm, M.train_key("lr"): opt.lr} | (
+            opt.fault.metrics()
+        )
     parts = task_parts(groups, balanced) if balanced is not None else None
     if momentum is not None:
         momentum.update(parts, opt.clip_coef)
@@ -417,6 +445,11 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
             old_logprobs = result.logprobs
             stats = rollout_statistics(batch, result.sums, trainer.ref_model is not None)
             metrics.update(rollout_metrics(trainer, batch, stats, result.sums))
+        buffer = trainer.groups.buffer if capture else None
+        fault = check_backward(result.sums.loss, rolled.task_index, trainer.task_names, buffer)
+        if fault is not None:  # before the strategy: it never sees a non-finite Gram matrix
+            metrics.update(skip_update(trainer, step, inner, fault))
+            break
         balanced = None
         if capture:
             with timer("balance"):
@@ -425,6 +458,9 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
                 metrics.update(balance_metrics(trainer.task_names, balanced, trainer.groups))
         with timer("optimizer"):
             metrics.update(update(trainer, step, balanced, first=inner == 0))
+        if M.SKIPPED in metrics:  # the combined gradient was non-finite (optimizer_step)
+            metrics.update(skip_update(trainer, step, inner, Fault("gradient")))
+            break
     metrics.update(extra)
     metrics.update(timer.metrics())
     return metrics
@@ -517,9 +553,20 @@ def probe_due(cfg: Config, step: int) -> bool:
 
 
 def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Path:
-    """Run (or resume) a training run; returns its run directory."""
+    """Run (or resume) a training run; returns its run directory.
+
+    Ctrl-C raises ``Interrupted`` (a KeyboardInterrupt whose message names the step and the
+    resume command); the run directory's lock is released however the run ends.
+    """
     trainer = setup(cfg, run_dir, resume)
+    with trainer.run.guard(lambda: trainer.step, cfg.steps):
+        return train_loop(trainer)
+
+
+def train_loop(trainer: Trainer) -> Path:
+    cfg = trainer.cfg
     run, progress = trainer.run, make_progress(cfg)
+    last_checkpoint = time.monotonic()
     if trainer.step == 0 and eval_due(cfg, 0):
         initial = evaluate(trainer, 0)
         if cfg.diagnostics.probe_every > 0 and cfg.diagnostics.enabled:
@@ -538,13 +585,24 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                 trainer.probe_last = now
             if eval_due(cfg, step):
                 metrics.update(evaluate(trainer, step))
-            trainer.step = step
+            trainer.skipped = skipped_in_a_row(trainer.skipped, metrics)
             run.log({M.STEP: step, **metrics})
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            trainer.step = step  # complete once logged (what an interruption reports)
+            if trainer.skipped >= cfg.optim.max_skipped_steps:
+                raise NonFiniteError(
+                    stop_message(trainer.skipped, step, metrics, trainer.task_names)
+                )
+            minutes = (time.monotonic() - last_checkpoint) / 60
+            if (
+                step % cfg.checkpoint_every == 0
+                or step == cfg.steps
+                or 0 < cfg.checkpoint_minutes <= minutes
+            ):
                 run.save_checkpoint(
                     step, trainer.policy, trainer.tokenizer, trainer.state_dict(),
                     keep=cfg.keep_checkpoints,
                 )  # fmt: skip
+                last_checkpoint = time.monotonic()
             progress.update(bar, advance=1, info=progress_info(trainer, metrics))
     run.finish(trainer.task_names)
     return run.path

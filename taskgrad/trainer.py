@@ -24,9 +24,10 @@ from taskgrad.config import Config, ConfigError
 from taskgrad.diagnostics.gradient import TaskMomentum
 from taskgrad.diagnostics.probe import Prober, ProbeRewards
 from taskgrad.gradients import GroupGradients, scope_names
+from taskgrad.numerics import check_parameters
 from taskgrad.policy import load_policy, resolve_model_path
 from taskgrad.registry import parse_options
-from taskgrad.rundir import RunDir
+from taskgrad.rundir import RunDir, note
 from taskgrad.tasks import Task, build_tasks
 
 CHECKPOINT_SCHEMA = 3  # 1: before the step records; 2: before windows and task momenta
@@ -52,6 +53,7 @@ class Trainer:
     sampling: torch.Tensor | None = None  # [K] next batch's task probabilities (a strategy's)
     history: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     probe_last: ProbeRewards = field(default_factory=dict)  # the last probe's rewards
+    skipped: int = 0  # steps skipped in a row, up to the last completed one (numerics.py)
     # the last diagnostics.window measured steps of the TaskWindow statistics: name -> rows [K]
     windows: dict[str, list[list[float]]] = field(default_factory=dict)
     momentum: TaskMomentum | None = None  # AdamW's first moment split by task
@@ -76,6 +78,7 @@ class Trainer:
             "probe_last": self.probe_last,
             "strategy": self.strategy.state_dict(),
             "sampling": self.sampling,
+            "skipped": self.skipped,
             "windows": copy.deepcopy(self.windows),
             "momentum": self.momentum.state_dict() if self.momentum is not None else None,
         }
@@ -87,6 +90,7 @@ class Trainer:
         self.probe_last = state.get("probe_last", {})
         self.strategy.load_state_dict(state.get("strategy", {}))
         self.sampling = state.get("sampling")
+        self.skipped = state.get("skipped", 0)
         self.windows = copy.deepcopy(state.get("windows", {}))
         if self.momentum is not None:
             if state.get("momentum") is None:  # a checkpoint from before: the split is unknown
@@ -126,6 +130,48 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
 
 
 def setup(cfg: Config, run_dir: Path | None, resume: bool) -> Trainer:
+    """Build the trainer; every check that can fail comes before the run directory is written.
+
+    Order: the device; the run directory's lock (resume: a second writer stops here) or its path
+    (a fresh run: checked, not created); tasks, model, optimizer, buffers, strategy; only then is
+    a fresh run directory created (atomically, locked; removed again if writing versions.json
+    fails), so a setup that fails leaves no run directory behind. A resume continues from the
+    newest complete checkpoint; a run with none is started over from step 0 in place, its config
+    kept and its partial metrics moved aside (``RunDir.restart``).
+    """
+    check_device(cfg)
+    if resume:
+        run: RunDir | None = RunDir.open(run_dir)
+        path = run.path
+    else:
+        run, path = None, RunDir.new_path(cfg, run_dir)
+    try:
+        return _build(cfg, run, path)
+    except BaseException:
+        if run is not None:
+            run.close()
+        raise
+
+
+def check_device(cfg: Config) -> None:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device: cuda was asked for but no CUDA device is visible "
+            "(torch.cuda.is_available() is False); use device=cpu or device=auto"
+        )
+
+
+def check_tasks(tasks: list[Task]) -> None:
+    """Every task needs a held-out prompt (evaluation, probes) and one to train on."""
+    for i, task in enumerate(tasks):
+        if not task.eval_set():
+            raise ConfigError(
+                f"tasks[{i}] ({task.name}): no held-out prompts; a task needs at least 2 distinct "
+                "prompts (one held out for evaluation, one to train on)"
+            )
+
+
+def _build(cfg: Config, run: RunDir | None, path: Path) -> Trainer:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -135,26 +181,21 @@ def setup(cfg: Config, run_dir: Path | None, resume: bool) -> Trainer:
             f"launch: {accelerator.num_processes} processes were launched, but taskgrad trains "
             "in one process for now (per-rank gradients would be measured as if global)"
         )
-    if cfg.device == "cuda" and accelerator.device.type != "cuda":
-        raise RuntimeError("device: cuda was asked for but no CUDA device is visible")
     set_seed(cfg.seed)
     random.seed(cfg.seed)
     tasks = build_tasks(
         cfg.tasks, eval_size=cfg.eval.size, seed=cfg.seed, eval_split=cfg.eval.split
     )
+    check_tasks(tasks)
     log = accelerator.print
     model_path = resolve_model_path(cfg.model, cfg.tasks, tasks, log=log)
 
-    if resume:
-        run = RunDir(run_dir)
-        ckpts = run.checkpoints()
-        if not ckpts:
-            raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
-        weights_path = str(ckpts[-1])
-    else:
-        run = RunDir.create(cfg, run_dir)
-        weights_path = model_path
-    model, tokenizer = load_policy(weights_path, cfg.model)
+    ckpt = None
+    if run is not None:  # resume: the newest complete checkpoint, if any
+        ckpts = run.checkpoints(note=note)
+        ckpt = ckpts[-1] if ckpts else None
+    model, tokenizer = load_policy(str(ckpt) if ckpt else model_path, cfg.model)
+    check_parameters(model, f"in the model loaded from {ckpt or model_path}")
     ref_model = None
     if cfg.grpo.kl_coef > 0:  # the reference is the initial policy, never the checkpoint
         ref_model, _ = load_policy(model_path, cfg.model)
@@ -169,27 +210,44 @@ def setup(cfg: Config, run_dir: Path | None, resume: bool) -> Trainer:
     groups = None
     if cfg.diagnostics.enabled:
         check_buffer_fits(unwrapped, cfg, len(tasks), accelerator.device, log)
-        groups = GroupGradients(unwrapped, cfg.diagnostics.scope, num_groups=2 * len(tasks))
+        try:
+            groups = GroupGradients(unwrapped, cfg.diagnostics.scope, num_groups=2 * len(tasks))
+        except ValueError as e:  # a scope regex that matches no parameter
+            raise ConfigError(str(e)) from None
     cls = STRATEGIES.get(cfg.balance.strategy)
     options = parse_options(cls, cfg.balance.options, "balance.options", num_tasks=len(tasks))
+    strategy = cls(len(tasks), options)
+    prober = Prober(unwrapped, tokenizer, tasks, cfg)
     momentum = None
     if groups is not None and cfg.diagnostics.momentum_on():
         momentum = TaskMomentum(groups, len(tasks), cfg.optim.betas[0])
+    n_params = sum(p.numel() for p in model.parameters())
+    versions = {"model_path": model_path, "parameters": n_params, "device": str(accelerator.device)}
+    state = None
+    if ckpt is not None:
+        state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
+    # Everything that can fail has been built: now the run directory is written.
+    if run is None:
+        run = RunDir.create(cfg, path)
+        try:
+            run.write_versions(versions)
+        except BaseException:
+            run.discard()
+            raise
+    elif state is None:
+        moved = run.restart()
+        aside = f"; its partial metrics moved to {moved.name}" if moved else ""
+        note(f"{path} has no complete checkpoint: starting it over from step 0{aside}")
+        run.write_versions(versions)
     trainer = Trainer(
         cfg=cfg, run=run, accelerator=accelerator, model=model, tokenizer=tokenizer,
         ref_model=ref_model, tasks=tasks, optimizer=optimizer, scheduler=scheduler,
-        groups=groups, strategy=cls(len(tasks), options),
-        prober=Prober(unwrapped, tokenizer, tasks, cfg), momentum=momentum,
+        groups=groups, strategy=strategy, prober=prober, momentum=momentum,
     )  # fmt: skip
-    if resume:
-        state = torch.load(ckpts[-1] / "trainer.pt", map_location="cpu", weights_only=False)
+    if state is not None:
         trainer.load_state_dict(state)
-        run.truncate_metrics(trainer.step)
-    else:
-        n_params = sum(p.numel() for p in model.parameters())
-        run.write_versions(
-            {"model_path": model_path, "parameters": n_params, "device": str(accelerator.device)}
-        )
+        run.mark_resume(trainer.step)
+        note(f"resuming {path} from {ckpt.name}")
     return trainer
 
 

@@ -46,6 +46,38 @@ def test_math3_preset_via_override():
         (["rollout.group_size=1"], "rollout.group_size"),
         (["preset=nope"], "unknown preset 'nope'"),
         (["optim.betas=[0.9]"], "optim.betas: expected 2 values"),
+        # nonsense values a run used to accept silently
+        (["grpo.clip_eps=-0.2"], "grpo.clip_eps: need a number > 0"),
+        (["grpo.clip_eps=0"], "grpo.clip_eps: need a number > 0"),
+        (["grpo.clip_eps_high=-1"], "grpo.clip_eps_high: need a number > 0 or null"),
+        (["grpo.kl_coef=-0.1"], "grpo.kl_coef: need a number >= 0"),
+        (["grpo.loss_constant=0"], "grpo.loss_constant: need a positive integer"),
+        (["optim.weight_decay=-1"], "optim.weight_decay: need a number >= 0"),
+        (["optim.betas=[0.9, 1.0]"], "optim.betas[1]: need a number in [0, 1)"),
+        (["optim.betas=[-0.1, 0.99]"], "optim.betas[0]: need a number in [0, 1)"),
+        (["optim.eps=0"], "optim.eps: need a number > 0"),
+        (["optim.max_grad_norm=-1"], "optim.max_grad_norm: need >= 0"),
+        (["optim.warmup_steps=-1"], "optim.warmup_steps: need 0 <= warmup_steps < steps"),
+        (["steps=10", "optim.warmup_steps=10"], "optim.warmup_steps: need 0 <= warmup_steps"),
+        (["optim.max_skipped_steps=0"], "optim.max_skipped_steps: need >= 1"),
+        (["optim.lr=.nan"], "optim.lr: need a finite number"),
+        (["tasks=[{name: arithmetic, weight: .inf}]"], "tasks[0].weight: need a finite number"),
+        (["rollout.top_p=1.5"], "rollout.top_p: must be in (0, 1]"),
+        (["eval.max_new_tokens=0"], "eval.max_new_tokens: need a positive integer or null"),
+        (["diagnostics.gain_window=-1"], "diagnostics.gain_window: need >= 0"),
+        (["diagnostics.probe_every=-1"], "diagnostics.probe_every: need >= 0"),
+        (["diagnostics.probe_size=0"], "diagnostics.probe_size: need >= 1"),
+        (["diagnostics.probe_samples=0"], "diagnostics.probe_samples: need >= 1"),
+        (["diagnostics.one_step_at=[0, 5]"], "diagnostics.one_step_at: need training steps"),
+        (["diagnostics.scope=["], "diagnostics.scope: invalid regex '['"),
+        (["model.max_prompt_tokens=0"], "model.max_prompt_tokens: need > 0"),
+        (["model.tiny.num_heads=3"], "model.tiny.hidden_size: need a multiple of num_heads"),
+        (["seed=-1"], "seed: need an integer in [0, 2**32)"),
+        (["checkpoint_minutes=-5"], "checkpoint_minutes: need >= 0"),
+        (["eval.size=0"], "eval.size: must be positive"),
+        # malformed YAML in an override meant as a list or mapping
+        (["optim.betas=[0.9, 0.99"], "(override optim.betas:1:11: invalid YAML"),
+        (["tasks=[{name: code"], "(override tasks:1:"),
     ],
 )
 def test_bad_config_one_line_error_naming_the_field(override, message):
@@ -66,3 +98,23 @@ def test_round_trip_of_resolved_config():
 def test_parse_overrides_rejects_missing_equals():
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_overrides(["optim.lr"])
+
+
+def test_malformed_preset_file_names_file_and_line(tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("steps: 10\noptim: {lr: [1e-3,\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(bad))
+    message = str(info.value)
+    assert message.startswith(f"{bad}:") and "invalid YAML" in message and "\n" not in message
+
+
+def test_missing_preset_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(str(tmp_path / "absent.yaml"))
+
+
+def test_strings_that_are_not_yaml_still_pass_as_strings():
+    # not YAML, but a fine regex and a fine run name
+    cfg = load_config(None, ["diagnostics.scope=[qk]_proj", "run_name=x: y: z"])
+    assert cfg.diagnostics.scope == "[qk]_proj" and cfg.run_name == "x: y: z"

@@ -157,3 +157,49 @@ def test_saved_tiny_model_keeps_spaces_and_newlines(tmp_path):
     text = "make 13 from 3 5 2:\na=3 b=7"
     assert loaded(text)["input_ids"] == tok(text)["input_ids"]
     assert loaded.decode(loaded(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def _dataset_spec(path) -> TaskSpec:
+    return TaskSpec("rows", type="dataset", options={"path": str(path), "reward": "exact"})
+
+
+def test_tiny_cache_key_follows_the_dataset_contents(tmp_path, monkeypatch):
+    """Editing a dataset in place (same path) must not reuse a model warm-started on the old rows;
+    files over HASH_LIMIT are keyed by size and mtime instead of their bytes."""
+    import taskgrad.policy as P
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    cfg = ModelConfig(tiny=TINY)
+    key = lambda: json.dumps(P.tiny_recipe(cfg, [_dataset_spec(data)], 64), sort_keys=True)  # noqa: E731
+    before = key()
+    assert key() == before  # stable
+    data.write_text('{"prompt": "1+2=", "answer": "3"}\n')
+    assert key() != before
+    monkeypatch.setattr(P, "HASH_LIMIT", 4)
+    assert "size:" in P.file_fingerprints([_dataset_spec(data)])[str(data)]
+    # procedural tasks name no files: their recipe has no "files" entry
+    assert "files" not in P.tiny_recipe(cfg, [TaskSpec("arithmetic")], 64)
+
+
+def test_warm_start_truncates_a_huge_row(tmp_path):
+    """A 10 MB row used to make the warm start allocate tens of GB; now prompts and answers keep
+    their first model.max_prompt_tokens tokens."""
+    from taskgrad.policy import sft_batch
+
+    tok = build_char_tokenizer()
+    huge = "9" * 10_000_000
+    batch = sft_batch(tok, [huge, "1+1="], [huge, "2"], max_tokens=16)
+    assert batch["input_ids"].shape == (2, 16 + 16 + 1)  # <s> + 15 prompt, 16 answer, </s>
+    assert int(batch["input_ids"][0, 0]) == tok.bos_token_id
+    assert int((batch["labels"][0] != -100).sum()) == 17  # 16 answer tokens and </s>
+    data = tmp_path / "big.jsonl"
+    row = huge[:1_000_000]  # 1 MB: before, one 2M-token sequence could not be allocated
+    data.write_text(
+        json.dumps({"prompt": row, "answer": row}) + "\n" + '{"prompt": "a", "answer": "b"}\n'
+    )
+    spec = _dataset_spec(data)
+    tasks = build_tasks([spec], eval_size=1, seed=0)
+    cfg = ModelConfig(tiny=TINY, max_prompt_tokens=32, cache_dir=str(tmp_path / "cache"))
+    path = ensure_tiny_model(cfg, [spec], tasks, log=lambda *_: None)
+    assert (path / "recipe.json").exists()

@@ -14,6 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 from taskgrad.config import load_config
+from taskgrad.rundir import read_records
 from taskgrad.tasks import Reward, Sample, Task
 from taskgrad.train import train
 
@@ -64,7 +65,8 @@ def cache(tmp_path_factory):
 
 
 def records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The step records, resume markers applied (taskgrad.rundir.read_records)."""
+    return read_records(run_dir / "metrics.jsonl")
 
 
 @pytest.mark.slow
@@ -134,7 +136,7 @@ def test_cli_bad_config_is_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "error: config: unknown key 'optim.lrr'; valid: lr, weight_decay, betas, eps, "
-        "max_grad_norm, schedule, warmup_steps"
+        "max_grad_norm, schedule, warmup_steps, max_skipped_steps"
     )
 
 

@@ -32,15 +32,21 @@ PLUMBING = frozenset(
         "progress",
         "checkpoint_every",
         "keep_checkpoints",
+        "checkpoint_minutes",
+        "optim.max_skipped_steps",  # changes nothing unless the run stops on non-finite steps
         "model.cache_dir",
     }
 )
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
-    """metrics.jsonl as a float frame indexed by step; null and absent values become NaN."""
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    records = [json.loads(ln) for ln in lines]
+    """metrics.jsonl as a float frame indexed by step; null and absent values become NaN.
+
+    Resume markers and torn lines are resolved by ``taskgrad.rundir.read_records``.
+    """
+    from taskgrad.rundir import read_records
+
+    records = read_records(path)
     if not records:
         return pd.DataFrame(index=pd.Index([], name="step", dtype=int))
     frame = pd.DataFrame.from_records(records)
@@ -53,15 +59,12 @@ def read_metrics(path: Path) -> pd.DataFrame:
 def read_evals(path: Path) -> dict[int, dict[str, np.ndarray]]:
     """evals.jsonl as step -> task -> per-prompt outcomes [n_prompts] (the share of the prompt's
     completions that were correct: 0 or 1 for greedy, j/k for avg@k; in the task's eval_set
-    order); {} if the file is absent. A resumed run can repeat a (step, task) line: the last one
-    wins, as in metrics.jsonl."""
+    order); {} if the file is absent. Resume markers and torn lines are resolved by
+    ``taskgrad.rundir.read_records``; a repeated (step, task) line: the last one wins."""
+    from taskgrad.rundir import read_records
+
     out: dict[int, dict[str, np.ndarray]] = {}
-    if not path.exists():
-        return out
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
+    for rec in read_records(path):
         k = int(rec.get("samples", 1))
         counts = np.frombuffer(rec["correct"].encode("ascii"), dtype=np.uint8) - ord("0")
         if counts.size and counts.max() > k:
