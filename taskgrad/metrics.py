@@ -60,6 +60,8 @@ TASK_STATS = {
     "kl": "mean k3 KL to the reference policy per completion token (kl_coef > 0)",
     "batch_share": "s_k: its share of the batch objective (N_k/N for token_mean, B_k/B else)",
     "objective_scale": "kappa_k in E g_k ~ -kappa_k grad J_k (batch.objective_scale)",
+    "logprob_diff_mean": "mean |trainer - engine| log-prob of its sampled tokens (vLLM)",
+    "logprob_diff_max": "max |trainer - engine| log-prob of its sampled tokens (vLLM)",
 }
 GRAD_STATS = {
     "sqnorm_unbiased": "<g_kA, g_kB>: split-half unbiased estimate of ||E g_k||^2",
@@ -93,6 +95,10 @@ TRAIN_STATS = {
     "loss": "the batch loss",
     "grad_norm": "global gradient norm before clipping",
     "lr": "learning rate of the step",
+    "logprob_diff_mean": "mean |trainer - engine| log-prob over the batch's response tokens",
+    "logprob_diff_max": "max |trainer - engine| log-prob over the batch's response tokens",
+    "is_weight_mean": "mean truncated importance weight min(pi_old / mu, cap) per token",
+    "is_capped_share": "share of response tokens whose importance weight hit the cap",
 }
 BALANCE_STATS = {"weight", "sampling"}
 PROXY_AGREEMENT = "grad/proxy_agreement/spearman"
