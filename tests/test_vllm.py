@@ -19,6 +19,7 @@ import copy
 import json
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -315,3 +316,20 @@ def test_training_steps_with_the_vllm_backend(model_dir, tmp_path, tasks, extra)
                for t in names)  # fmt: skip
     first = json.loads((run / "evals.jsonl").read_text().splitlines()[0])
     assert first["task"] == names[0] and len(first["correct"]) == 8
+
+
+def test_gpu_check_runs_on_cpu_with_vllm(tmp_path):
+    """benchmarks/gpu_check.py --tiny with the vLLM engine: the GPU check's path up to CUDA."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check", Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    )
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    args = ["--tiny", "--backend", "vllm", "--steps", "1", "--prompts", "2", "--group", "2",
+            "--max-new", "4", "--workdir", str(tmp_path)]  # fmt: skip
+    if importlib.util.find_spec("peft") is None:
+        args.append("--no-lora")
+    rows = gpu_check.main(args)
+    assert rows and all(r["fits"] and r["rollout_tokens_per_s"] > 0 for r in rows)
