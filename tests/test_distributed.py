@@ -159,3 +159,37 @@ def test_two_processes_equal_one(config, mode, runs):
     evals = [out / "run" / "evals.jsonl" for out in (single, parallel)]
     if evals[0].exists():  # rank 0 wrote it, once
         assert evals[1].read_text() == evals[0].read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(LAUNCHES))
+def test_resume_of_a_two_process_run(mode, model_dir, tmp_path):
+    """``taskgrad train --nproc 2`` (the CLI's launcher), interrupted after its step-2 checkpoint
+    and resumed with ``--resume --nproc 2``, repeats the uninterrupted run: the checkpoint's
+    weights, optimizer state (gathered from the shards under FSDP2) and task momenta (one shard
+    per rank) are complete."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    base = [f"model={model_dir}", *COMMON, "eval.every=0", "diagnostics.probe_every=0",
+            f"parallel.mode={mode}"]  # fmt: skip
+
+    def cli(*args: str) -> None:
+        cmd = [sys.executable, "-m", "taskgrad.cli", "train", "--nproc", "2", *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+
+    cli(*base, "--run-dir", str(tmp_path / "full"))
+    cli(*base, "steps=2", "--run-dir", str(tmp_path / "cut"))
+    config = tmp_path / "cut" / "config.yaml"
+    config.write_text(config.read_text().replace("steps: 2", "steps: 3"))
+    cli("--resume", str(tmp_path / "cut"))
+    records = {name: [{k: v for k, v in json.loads(x).items() if not k.startswith("time/")}
+                      for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+               for name in ("full", "cut")}  # fmt: skip
+    assert [r["step"] for r in records["cut"]] == [r["step"] for r in records["full"]] == [1, 2, 3]
+    for a, b in zip(records["full"], records["cut"], strict=True):
+        assert set(a) == set(b)
+        for key, value in a.items():
+            if value is None:
+                assert b[key] is None, key
+            else:
+                assert b[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (a["step"], key)
