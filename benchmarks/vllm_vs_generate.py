@@ -10,6 +10,13 @@ the per-task mismatch between the last vLLM rollout's log-probs and the trainer'
 engine start time and the median of ``repeats`` weight pushes.
 
     python benchmarks/vllm_vs_generate.py [prompts_per_task=8] [group=8] [max_new=12] [repeats=5]
+    python benchmarks/vllm_vs_generate.py loop=10      # in the training loop instead
+
+``loop=N``: the same comparison inside the training loop (``train_step`` of the default config
+with ``rollout.backend`` transformers and vllm, one trainer each, steps interleaved A B A B so
+that both see the same machine load): rollout tokens/s = the step's response tokens /
+``time/rollout`` (sampling only: the weight push after each step is ``time/push``, printed
+apart), medians over N steps after one warm-up step each.
 
 Needs vLLM (the ``.ci/vllm`` venv); ``VLLM_CPU_KVCACHE_SPACE`` (GiB) sizes its KV cache on CPU.
 """
@@ -20,6 +27,7 @@ import random
 import statistics
 import sys
 import time
+from pathlib import Path
 
 
 def main(argv: list[str]) -> None:
@@ -32,13 +40,15 @@ def main(argv: list[str]) -> None:
     from taskgrad.policy import ensure_tiny_model, load_policy
     from taskgrad.tasks import build_tasks
 
-    opts = {"prompts_per_task": 8, "group": 8, "max_new": 12, "repeats": 5}
+    opts = {"prompts_per_task": 8, "group": 8, "max_new": 12, "repeats": 5, "loop": 0}
     for arg in argv:
         key, value = arg.split("=", 1)
         if key not in opts:
             raise SystemExit(f"unknown option {key!r}; valid: {', '.join(opts)}")
         opts[key] = int(value)
 
+    if opts["loop"]:
+        return in_the_loop(opts)
     cfg = Config()
     tasks = build_tasks(cfg.tasks, eval_size=cfg.eval.size, seed=cfg.seed)
     path = str(ensure_tiny_model(cfg.model, cfg.tasks, tasks))
@@ -109,6 +119,53 @@ def main(argv: list[str]) -> None:
         f"(min {min(pushes) * 1e3:.1f}, max {max(pushes) * 1e3:.1f})"
     )
     vllm.close()
+
+
+def in_the_loop(opts: dict[str, int]) -> None:
+    """Rollout tokens/s of both backends inside ``train_step`` (see the module docstring)."""
+    import tempfile
+
+    import torch
+
+    from taskgrad.config import load_config
+    from taskgrad.train import train_step
+    from taskgrad.trainer import setup
+
+    base = [
+        f"rollout.prompts_per_task={opts['prompts_per_task']}",
+        f"rollout.group_size={opts['group']}", f"rollout.max_new_tokens={opts['max_new']}",
+        "eval.every=0", "diagnostics.probe_every=0", "progress=false",
+    ]  # fmt: skip
+    rates: dict[str, list[float]] = {"transformers": [], "vllm": []}
+    pushes: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {
+            name: setup(load_config(None, [*base, f"rollout.backend={name}"]),
+                        Path(tmp) / name, resume=False)
+            for name in rates
+        }  # fmt: skip
+        print(f"in the loop: default config, {opts['loop']} steps per backend after a warm-up, "
+              f"torch threads {torch.get_num_threads()}")  # fmt: skip
+        for step in range(1, opts["loop"] + 2):
+            for name, trainer in trainers.items():
+                m = train_step(trainer, step)
+                tokens = sum(m[f"task/{t}/prompts"] * opts["group"] * m[f"task/{t}/response_length"]
+                             for t in trainer.task_names)  # fmt: skip
+                if step > 1:
+                    rates[name].append(tokens / m["time/rollout"])
+                    if name == "vllm":
+                        pushes.append(m["time/push"])
+        trainers["vllm"].engine.close()
+    for name, values in rates.items():
+        print(
+            f"{name:>12}: {statistics.median(values):9.0f} rollout tokens/s in the loop "
+            f"(median of {len(values)}; min {min(values):.0f}, max {max(values):.0f})"
+        )
+    ratio = statistics.median(rates["vllm"]) / statistics.median(rates["transformers"])
+    print(
+        f"ratio vllm / transformers in the loop: {ratio:.2f}x; vllm push after each step: "
+        f"median {statistics.median(pushes) * 1e3:.1f} ms"
+    )
 
 
 if __name__ == "__main__":  # vLLM's CPU worker is spawned and re-imports __main__

@@ -1,6 +1,6 @@
 """Command line: ``taskgrad train``, ``taskgrad report`` and ``taskgrad reproduce``.
 
-    taskgrad train [preset=NAME] [key=value ...] [--resume RUN_DIR]
+    taskgrad train [preset=NAME] [key=value ...] [--resume RUN_DIR] [--nproc N]
     taskgrad report RUN_DIR [RUN_DIR ...] [--out DIR]
     taskgrad reproduce [--seeds N] [--out DIR] [key=value ...]
 
@@ -22,7 +22,11 @@ import sys
 from pathlib import Path
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.nproc < 1:
+        raise ValueError(f"--nproc: must be at least 1, got {args.nproc}")
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch(args.nproc, argv)
     from taskgrad.config import load_config
     from taskgrad.rundir import RunDir
     from taskgrad.train import train
@@ -41,6 +45,8 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
         path = train(cfg, Path(args.run_dir) if args.run_dir else None)
+    if int(os.environ.get("RANK", "0")) != 0:  # a data-parallel launch: rank 0 reports
+        return 0
     print_summary(path)
     if args.report:
         _check_report_extra()
@@ -49,6 +55,24 @@ def _train(args: argparse.Namespace) -> int:
         out = build_report([path], None)
         print(f"report: {out / 'report.html'}")
     return 0
+
+
+def _launch(nproc: int, argv: list[str]) -> int:
+    """``taskgrad train --nproc N ...``: the same command in N processes on this machine, through
+    ``torch.distributed.run`` (several machines: torchrun or accelerate launch, docs/scale.md)."""
+    import subprocess
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "taskgrad.cli", *rest]  # fmt: skip
+    return subprocess.call(cmd)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -183,11 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument(
         "--report", action="store_true", help="write report.html/report.md into the run directory"
     )
+    p_train.add_argument(
+        "--nproc", type=int, default=1,
+        help="data-parallel processes on this machine (parallel.mode=ddp|fsdp2; docs/scale.md)",
+    )  # fmt: skip
     add_report_parsers(sub)
     add_compare_parser(sub)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    commands = {"train": _train, "report": _report, "reproduce": _reproduce, "compare": _compare}
+    commands = {"report": _report, "reproduce": _reproduce, "compare": _compare}
     try:
+        if args.command == "train":
+            return _train(args, argv)
         return commands[args.command](args)
     except BaseException as e:
         code, message = user_error(e, args.command)

@@ -59,19 +59,44 @@ class TinyModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters through peft (the 'lora' extra); r = 0 trains every parameter."""
+
+    r: int = 0  # adapter rank; 0: no adapters (full fine-tuning)
+    alpha: float = 32.0  # scaling alpha / r
+    dropout: float = 0.0  # on the adapters' input (> 0 makes recomputed log-probs random)
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+        ]
+    )  # fmt: skip
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = "tiny"  # "tiny" (embedded, built and cached), a hub id or a local path
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "float64", "auto"] = "float32"
     chat_template: Literal["auto", "never"] = "auto"  # auto: apply it when the tokenizer has one
     gradient_checkpointing: bool = False
     max_prompt_tokens: int = 512  # prompts are left-truncated to this many tokens
     cache_dir: str | None = None  # where the tiny model is cached (default ~/.cache/taskgrad)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
 class RolloutConfig:
-    backend: Literal["transformers"] = "transformers"  # sampling engine
+    # sampling engine: transformers generate on the trainer's model, or a colocated vLLM engine
+    # (the 'vllm' extra) that gets the weights after every optimizer step (engines/)
+    backend: Literal["transformers", "vllm"] = "transformers"
+    # how completions are seeded: "batch" (one stream for the whole rollout, transformers only),
+    # "prompt" (each prompt's own stream from its id, so any sharding of the prompts over
+    # processes samples the same tokens); null = batch in one process, prompt under data
+    # parallelism. vLLM always seeds per prompt.
+    seeding: Literal["batch", "prompt"] | None = None
+    # options of the vLLM engine (engines/vllm.py), e.g. {gpu_memory_utilization: 0.3,
+    # enable_sleep_mode: true, kv_cache_gib: 4, max_model_len: 2048}
+    vllm: dict[str, Any] = field(default_factory=dict)
     group_size: int = 8  # G: completions per prompt
     prompts_per_task: int = 8  # prompts of each task per step, before mixture weights
     max_new_tokens: int = 12  # completion length limit, in tokens
@@ -96,6 +121,10 @@ class GRPOConfig:
     inner_updates: int = 1  # optimizer steps per rollout batch (PPO epochs)
     kl_coef: float = 0.0  # beta of the k3 KL penalty to the reference (initial) policy
     micro_batch_size: int = 64  # sequences per forward/backward
+    # truncated importance sampling against the rollout engine (TIS): each token's surrogate is
+    # multiplied by min(pi_old / mu, cap), mu the engine's probability; null: no correction.
+    # Needs an engine that reports log-probs (rollout.backend=vllm). engines/mismatch.py
+    rollout_is_cap: float | None = None
 
 
 @dataclass
@@ -173,6 +202,16 @@ class BalanceConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """Data parallelism across the processes of a launch (taskgrad train --nproc N, torchrun or
+    accelerate launch); one process ignores it. taskgrad/distributed.py."""
+
+    # ddp: parameters replicated, group buffers all-reduced once per step; fsdp2: parameters,
+    # gradients, optimizer state and group buffers sharded (torch fully_shard per decoder layer)
+    mode: Literal["ddp", "fsdp2", "deepspeed"] = "ddp"
+
+
+@dataclass
 class Config:
     seed: int = 0
     steps: int = 100  # training steps (rollout batches)
@@ -197,6 +236,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     runs_root: str = "runs"  # run directories are created under it
     run_name: str | None = None  # default: <time>-<preset>-s<seed>
     checkpoint_every: int = 25  # steps between checkpoints (the last step always saves)
@@ -368,6 +408,7 @@ def validate(cfg: Config) -> Config:
     if cfg.eval.every is not None and cfg.eval.every < 0:
         raise ConfigError(f"eval.every: must be >= 0 or null, got {cfg.eval.every!r}")
     _check_ranges(cfg)
+    validate_scale(cfg)
     return cfg
 
 
@@ -450,6 +491,32 @@ def _check_ranges(cfg: Config) -> None:
         f">= 0 (0: by steps only), got {cfg.checkpoint_minutes!r}",
     )
     need(bool(str(cfg.runs_root).strip()), "runs_root", "a directory path")
+
+
+def validate_scale(cfg: Config) -> None:
+    """Engines, adapters and data parallelism (issue 12): the checks that need no launch."""
+    cap = cfg.grpo.rollout_is_cap
+    need(cap is None or cap > 0, "grpo.rollout_is_cap", f"a positive number or null, got {cap!r}")
+    need(
+        cap is None or cfg.rollout.backend != "transformers",
+        "grpo.rollout_is_cap",
+        "rollout.backend=vllm, an engine that reports its log-probs (transformers generate "
+        "samples from the trainer's own forward pass: there is nothing to correct)",
+    )
+    need(
+        cfg.rollout.seeding != "batch" or cfg.rollout.backend == "transformers",
+        "rollout.seeding",
+        "rollout.backend=transformers ('batch' is one generate stream; vLLM seeds each prompt)",
+    )
+    lora = cfg.model.lora
+    need(lora.r >= 0, "model.lora.r", f">= 0 (0: no adapters), got {lora.r}")
+    need(lora.alpha > 0, "model.lora.alpha", f"a positive number, got {lora.alpha!r}")
+    need(0 <= lora.dropout < 1, "model.lora.dropout", f"in [0, 1), got {lora.dropout!r}")
+    need(
+        lora.r == 0 or bool(lora.target_modules),
+        "model.lora.target_modules",
+        "at least one module name",
+    )
 
 
 def _plugin_options(registry, name: str, options: dict, where: str, **context) -> Any:

@@ -32,6 +32,15 @@ an O(1/n) bias; with fixed normalisers (seq_mean, constant) it is exactly unbias
 per-step *estimates*. Sums of unbiased terms stay unbiased, so aggregate over a window of steps
 first and take ratios, logs or cosines of the sums (taskgrad.analysis), never the reverse.
 
+**Shards.** Under FSDP2 (distributed.py) parameters and gradients are DTensors sharded over the
+ranks, and the buffer holds this rank's shard of every group gradient, [M, P_rank]. Everything
+below is then computed on the shard and finished by ``reduce`` (a sum over the ranks): Grams and
+dot products are sums over coordinates, so they are exact; ``restore_sum`` combines the shards
+locally. In one process (or DDP) ``reduce`` is the identity and nothing changes.
+
+**Adapters.** With LoRA (lora.py) only the adapters are trainable, so the buffers and every
+quantity here live in adapter space: norms and cosines of the gradients of the adapter weights.
+
 **Scopes.** Buffers exist only for the parameters in scope (``full``, ``proxy`` = the last attention
 block, or a regex). Per-parameter Grams are summed into per-layer, per-module-kind and proxy
 scopes, so all of them come from one pass over the buffers.
@@ -41,9 +50,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
+
+from taskgrad.distributed import like, local
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
@@ -91,16 +102,27 @@ def scope_names(names: list[str], scope: str) -> list[str]:
 
 
 class GroupGradients:
-    """Keeps each group's gradient over the parameters in scope, in one flat buffer [M, P]."""
+    """Keeps each group's gradient over the parameters in scope, in one flat buffer [M, P].
 
-    def __init__(self, model: torch.nn.Module, scope: str, num_groups: int) -> None:
+    ``reduce`` finishes a Gram or a dot product computed on this rank's shard (FSDP2: a sum over
+    the ranks; None: the buffer holds whole vectors).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        scope: str,
+        num_groups: int,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         keep = set(scope_names([n for n, _ in named], scope))
         self.params = [(n, p) for n, p in named if n in keep]
         self.names = [n for n, _ in self.params]
-        sizes = [p.numel() for _, p in self.params]
+        self.reduce = reduce or (lambda t: t)
+        sizes = [local(p).numel() for _, p in self.params]
         self.offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
-        first = self.params[0][1]
+        first = local(self.params[0][1])
         # float32 at least, even for bf16 models: buffers are summed and multiplied.
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
         self.buffer = torch.zeros(
@@ -117,7 +139,7 @@ class GroupGradients:
         row = self.buffer[group]
         for (_, p), lo, hi in zip(self.params, self.offsets[:-1], self.offsets[1:], strict=True):
             if p.grad is not None:
-                row[lo:hi].add_(p.grad.reshape(-1))
+                row[lo:hi].add_(local(p.grad).reshape(-1))
                 p.grad = None
         self.present[group] = True
 
@@ -137,7 +159,7 @@ class GroupGradients:
                 for i, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:], strict=True))
             ])  # fmt: skip
         for (_, p), lo, hi in zip(self.params, self.offsets[:-1], self.offsets[1:], strict=True):
-            p.grad = total[lo:hi].view_as(p).to(p.dtype)
+            p.grad = like(p, total[lo:hi])
 
     def param_grams(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Per-parameter Gram matrices [n_params, M, M] in float64.
@@ -150,11 +172,11 @@ class GroupGradients:
             if weight is not None:
                 block = block * weight[lo:hi]
             out.append((block @ block.T).double())  # [M, M]
-        return torch.stack(out)
+        return self.reduce(torch.stack(out))
 
     def dots(self, vector: torch.Tensor) -> torch.Tensor:
         """<G_m, vector> per group: [M] in float64 (vector is [P], e.g. the applied update)."""
-        return (self.buffer @ vector).double()
+        return self.reduce((self.buffer @ vector).double())
 
     def expand(self, per_param: torch.Tensor) -> torch.Tensor:
         """A value per in-scope parameter [n_params] repeated over its coordinates: [P]."""
@@ -165,7 +187,7 @@ class GroupGradients:
 
     def flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Concatenate per-parameter tensors aligned with the scope into one [P] vector."""
-        return torch.cat([t.reshape(-1).to(self.buffer.dtype) for t in tensors])
+        return torch.cat([local(t).reshape(-1).to(self.buffer.dtype) for t in tensors])
 
     def snapshot(self) -> torch.Tensor:
         """A flat copy of the in-scope parameters, [P] (to measure the applied update)."""
@@ -174,7 +196,7 @@ class GroupGradients:
 
     def clone_params(self) -> list[torch.Tensor]:
         """Copies of the in-scope parameters, to be put back with ``assign``."""
-        return [p.detach().clone() for _, p in self.params]
+        return [local(p.detach()).clone() for _, p in self.params]
 
     @torch.no_grad()
     def assign(self, values: list[torch.Tensor], delta: torch.Tensor | None = None) -> None:
@@ -182,7 +204,8 @@ class GroupGradients:
         for (_, p), v, lo, hi in zip(
             self.params, values, self.offsets[:-1], self.offsets[1:], strict=True
         ):
-            p.copy_(v if delta is None else v + delta[lo:hi].view_as(p).to(p.dtype))
+            own, v = local(p), local(v)
+            own.copy_(v if delta is None else v + delta[lo:hi].view_as(own).to(p.dtype))
 
 
 def scope_members(names: list[str], breakdown: bool) -> dict[str, list[int]]:

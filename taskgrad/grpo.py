@@ -105,12 +105,16 @@ def policy_loss(
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     dual_clip: float | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted clipped surrogate over a micro-batch.
 
     logprobs, old_logprobs, weights: [b, L]; advantages: [b]; weights already carry the response
-    mask and the global normaliser. Returns the loss (a scalar to backward) and per-row sums
-    (clipped tokens, KL, weighted loss) so callers can aggregate them exactly per task.
+    mask and the global normaliser. ``is_weights`` [b, L] (detached): truncated importance weights
+    against the rollout engine (engines/mismatch.py), multiplying the surrogate, not the KL term,
+    as TRL does; fixed per token, they keep the group decomposition exact. Returns the loss (a
+    scalar to backward) and per-row sums (clipped tokens, KL, weighted loss) so callers can
+    aggregate them exactly per task.
     """
     high = clip_eps if clip_eps_high is None else clip_eps_high
     ratio = torch.exp(logprobs - old_logprobs)  # [b, L]
@@ -120,6 +124,8 @@ def policy_loss(
     per_token = -torch.minimum(unclipped, clipped)  # [b, L]
     if dual_clip is not None:  # cap the loss of negative-advantage tokens at -c A
         per_token = torch.where(adv < 0, torch.minimum(per_token, -dual_clip * adv), per_token)
+    if is_weights is not None:
+        per_token = per_token * is_weights
     mask = (weights > 0).float()
     stats = {"clipped_rows": ((clipped < unclipped).float() * mask).sum(1).detach()}  # [b]
     if ref_logprobs is not None and kl_coef > 0:

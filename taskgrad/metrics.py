@@ -69,6 +69,8 @@ TASK_STATS = {
     "objective_scale": "kappa_k in E g_k ~ -kappa_k grad J_k (batch.objective_scale)",
     "nonfinite": "1 when its loss or group gradient was non-finite (the step was skipped; "
     "written only then)",
+    "logprob_diff_mean": "mean |trainer - engine| log-prob of its sampled tokens (vLLM)",
+    "logprob_diff_max": "max |trainer - engine| log-prob of its sampled tokens (vLLM)",
 }
 GRAD_STATS = {
     "sqnorm_unbiased": "<g_kA, g_kB>: split-half unbiased estimate of ||E g_k||^2",
@@ -103,6 +105,10 @@ TRAIN_STATS = {
     "grad_norm": "global gradient norm before clipping",
     "lr": "learning rate of the step",
     "skipped": "1 when the step was skipped: a non-finite loss or gradient (written only then)",
+    "logprob_diff_mean": "mean |trainer - engine| log-prob over the batch's response tokens",
+    "logprob_diff_max": "max |trainer - engine| log-prob over the batch's response tokens",
+    "is_weight_mean": "mean truncated importance weight min(pi_old / mu, cap) per token",
+    "is_capped_share": "share of response tokens whose importance weight hit the cap",
 }
 BALANCE_STATS = {"weight", "sampling"}
 PROXY_AGREEMENT = "grad/proxy_agreement/spearman"

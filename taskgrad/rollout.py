@@ -8,12 +8,13 @@ row: the left-padded prompt, then the completion, padded on the right after the 
     [pad pad <s> p r o m p t | c o m p l e t i o n </s> pad pad]
      <------- prompt_len ----> <---------- max_new ----------->
 
-``response_mask`` marks the completion's tokens up to and including its EOS. The backend is
-``transformers.generate`` (vLLM can slot in behind the same function later).
+``response_mask`` marks the completion's tokens up to and including its EOS. ``generate`` is the
+``transformers`` backend; engines/ holds the others (vLLM) behind the same layout.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -90,12 +91,16 @@ def generate(
     max_prompt_tokens: int = 512,
     generation_batch: int = 256,
     greedy: bool = False,
+    prompt_ids: list[int] | None = None,
 ) -> Rollout:
     """Sample ``group_size`` completions for each of ``samples`` (seeded, so reproducible).
 
     ``half`` [B] places each prompt in a half of its task's prompts (default: all in half 0).
+    ``prompt_ids`` [B]: sample each prompt's completions on their own, from a stream seeded by
+    (``seed``, its id), so that they do not depend on which other prompts share the call (data
+    parallel ranks each sample their shard and get what one process would); None: one stream
+    for the whole batch, in chunks of ``generation_batch`` rows.
     """
-    device = next(model.parameters()).device
     texts = format_prompts(tokenizer, [s.prompt for s in samples], chat_template)
     templated = chat_template != "never" and bool(getattr(tokenizer, "chat_template", None))
     enc = tokenizer(
@@ -108,28 +113,22 @@ def generate(
     )
     ids = enc["input_ids"].repeat_interleave(group_size, dim=0)  # [B*G, P]
     mask = enc["attention_mask"].repeat_interleave(group_size, dim=0)  # [B*G, P]
-    torch.manual_seed(seed)
-    chunks = []
     was_training = model.training
     model.eval()
-    for start in range(0, ids.shape[0], generation_batch):
-        sl = slice(start, start + generation_batch)
-        out = model.generate(
-            input_ids=ids[sl].to(device),
-            attention_mask=mask[sl].to(device),
-            do_sample=not greedy,
-            temperature=temperature if not greedy else None,
-            top_p=top_p if not greedy else None,
-            top_k=0 if not greedy else None,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        gen = out[:, ids.shape[1] :].cpu()
-        if gen.shape[1] < max_new_tokens:  # every row stopped early
-            fill = torch.full((gen.shape[0], max_new_tokens - gen.shape[1]), tokenizer.pad_token_id)
-            gen = torch.cat([gen, fill], dim=1)
-        chunks.append(gen)
+    opts = dict(greedy=greedy, temperature=temperature, top_p=top_p, max_new=max_new_tokens)
+    if prompt_ids is None:
+        torch.manual_seed(seed)
+        chunks = [
+            _sample(model, tokenizer, ids[start : start + generation_batch],
+                    mask[start : start + generation_batch], **opts)
+            for start in range(0, ids.shape[0], generation_batch)
+        ]  # fmt: skip
+    else:  # each prompt unpadded, alone, with its own seed: independent of the batch
+        chunks = []
+        for row, m, pid in zip(enc["input_ids"], enc["attention_mask"], prompt_ids, strict=True):
+            torch.manual_seed(prompt_seed(seed, pid))
+            own = row[m.bool()].unsqueeze(0).repeat(group_size, 1)  # [G, p]
+            chunks.append(_sample(model, tokenizer, own, torch.ones_like(own), **opts))
     model.train(was_training)
     completion_ids = torch.cat(chunks)  # [B*G, L]
     response_mask = response_mask_from_ids(completion_ids, tokenizer.eos_token_id)
@@ -153,3 +152,30 @@ def generate(
         prompt_len=ids.shape[1],
         prompt_tokens=mask.sum(dim=1),
     )
+
+
+def prompt_seed(seed: int, prompt_id: int) -> int:
+    """The torch seed of one prompt's completions under per-prompt seeding."""
+    digest = hashlib.sha256(f"taskgrad/prompt/{seed}/{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:6], "little")
+
+
+def _sample(model, tokenizer, ids, mask, *, greedy, temperature, top_p, max_new) -> torch.Tensor:
+    """``model.generate`` on one chunk: the new tokens, right-padded to ``max_new`` [n, L]."""
+    device = next(model.parameters()).device
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        do_sample=not greedy,
+        temperature=temperature if not greedy else None,
+        top_p=top_p if not greedy else None,
+        top_k=0 if not greedy else None,
+        max_new_tokens=max_new,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    gen = out[:, ids.shape[1] :].cpu()
+    if gen.shape[1] < max_new:  # every row stopped early
+        fill = torch.full((gen.shape[0], max_new - gen.shape[1]), tokenizer.pad_token_id)
+        gen = torch.cat([gen, fill], dim=1)
+    return gen

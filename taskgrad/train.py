@@ -8,6 +8,13 @@
 Everything random in a step is seeded from (config seed, step), so a resumed run repeats the
 uninterrupted one step for step. The math lives in grpo.py, batch.py, gradients.py and
 diagnostics/; this file is the order of the phases.
+
+Rollouts go through ``trainer.engine`` (engines/: transformers generate, or a colocated vLLM that
+gets the parameters after every update, ``trainer.sync_engine``); with an engine that reports its
+log-probs the step logs their mismatch with the trainer's per task and can correct for it
+(``grpo.rollout_is_cap``). Under data parallelism (distributed.py) each rank samples and scores
+its shard of the global prompts, the rollout is gathered, the batch and its normalisers are
+global, and the backward runs this rank's rows of the same groups in the same order everywhere.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from taskgrad.diagnostics.gradient import (
     preconditioner,
     task_parts,
 )
+from taskgrad.distributed import full, micro_batch_schedule
+from taskgrad.engines.mismatch import logprob_mismatch, truncated_importance_weights
 from taskgrad.gradients import GroupGradients, scope_members, task_statistics
 from taskgrad.grpo import logprobs_and_entropy, policy_loss
 from taskgrad.numerics import (
@@ -44,7 +53,7 @@ from taskgrad.numerics import (
     skipped_in_a_row,
     stop_message,
 )
-from taskgrad.rollout import PromptBatch, Rollout, generate
+from taskgrad.rollout import PromptBatch, Rollout
 from taskgrad.rundir import warn
 from taskgrad.tasks import Task
 from taskgrad.trainer import Trainer, setup
@@ -100,26 +109,40 @@ def sample_prompts(
     return PromptBatch(samples, task_index, half)
 
 
-def rollout(trainer: Trainer, prompts: PromptBatch, step: int, stream: str = "rollout") -> Rollout:
+def rollout(
+    trainer: Trainer,
+    prompts: PromptBatch,
+    step: int,
+    stream: str = "rollout",
+    prompt_ids: list[int] | None = None,
+) -> Rollout:
+    """Completions of ``prompts`` from the engine, after it got the current parameters.
+
+    ``prompt_ids``: the prompts' ids in the global batch (distributed.py), which seed each
+    prompt's completions under per-prompt seeding (``trainer.seeding``).
+    """
     cfg = trainer.cfg
-    return generate(
-        trainer.policy, trainer.tokenizer, prompts.samples, prompts.task_index,
-        half=prompts.half, group_size=cfg.rollout.group_size,
-        max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p, seed=_seed(cfg.seed, stream, step),
-        chat_template=cfg.model.chat_template, max_prompt_tokens=cfg.model.max_prompt_tokens,
-        generation_batch=cfg.rollout.generation_batch,
+    trainer.sync_engine()
+    if prompt_ids is None:
+        prompt_ids = list(range(len(prompts.samples)))
+    return trainer.engine.generate(
+        prompts.samples, prompts.task_index, half=prompts.half,
+        group_size=cfg.rollout.group_size, max_new_tokens=cfg.rollout.max_new_tokens,
+        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+        seed=_seed(cfg.seed, stream, step), chat_template=cfg.model.chat_template,
+        max_prompt_tokens=cfg.model.max_prompt_tokens,
+        prompt_ids=prompt_ids if trainer.seeding == "prompt" else None,
     )  # fmt: skip
 
 
 # --- phase: score -----------------------------------------------------------------------------
 
 
-def score(tasks: list[Task], rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
-    """Rewards [B*G] from each task's verifier, and the means of its reward components."""
+def score_rows(tasks: list[Task], rollout: Rollout) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    """Rewards [B*G] from each task's verifier, and each row's reward components."""
     g = rollout.group_size
     rewards = torch.zeros(len(rollout.completions))
-    metrics: dict[str, float] = {}
+    components: list[dict[str, float]] = [{} for _ in rollout.completions]
     for k, task in enumerate(tasks):
         rows = (rollout.task_index == k).nonzero().flatten().tolist()
         if not rows:
@@ -127,10 +150,51 @@ def score(tasks: list[Task], rollout: Rollout) -> tuple[torch.Tensor, dict[str, 
         samples = [rollout.samples[i // g] for i in rows]
         scored = task.rewards(samples, [rollout.completions[i] for i in rows])
         rewards[rows] = torch.tensor([r.value for r in scored], dtype=torch.float32)
-        for name in sorted({m for r in scored for m in r.metrics}):
-            values = [r.metrics.get(name, 0.0) for r in scored]
+        for i, r in zip(rows, scored, strict=True):
+            components[i] = dict(r.metrics)
+    return rewards, components
+
+
+def verifier_metrics(
+    tasks: list[Task], rollout: Rollout, components: list[dict[str, float]]
+) -> dict[str, float]:
+    """The mean of each reward component over each task's rows."""
+    metrics: dict[str, float] = {}
+    for k, task in enumerate(tasks):
+        scored = [components[i] for i in (rollout.task_index == k).nonzero().flatten().tolist()]
+        for name in sorted({m for r in scored for m in r}):
+            values = [r.get(name, 0.0) for r in scored]
             metrics[M.verifier_key(task.name, name)] = sum(values) / len(values)
-    return rewards, metrics
+    return metrics
+
+
+def score(tasks: list[Task], rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+    """Rewards [B*G] from each task's verifier, and the means of its reward components."""
+    rewards, components = score_rows(tasks, rollout)
+    return rewards, verifier_metrics(tasks, rollout, components)
+
+
+def step_batch(
+    trainer: Trainer, prompts: PromptBatch, step: int, timer: PhaseTimer, stream: str = "rollout"
+) -> tuple[StepBatch, dict[str, float]]:
+    """This rank's shard of ``prompts`` sampled and scored, the global rollout gathered (one
+    process: the rollout itself), and the StepBatch of the whole batch; verifier metrics."""
+    cfg, parallel = trainer.cfg, trainer.parallel
+    shard, ids = parallel.shard(prompts)
+    with timer("rollout"):
+        rolled = rollout(trainer, shard, step, stream=stream, prompt_ids=ids)
+    with timer("score"):
+        rewards, components = score_rows(trainer.tasks, rolled)
+    rolled, rewards, components = parallel.gather_rollout(
+        prompts, rolled, ids, rewards, components, trainer.tokenizer.pad_token_id
+    )
+    batch = make_batch(
+        rolled, rewards, len(trainer.tasks), loss_agg=cfg.grpo.loss_agg,
+        loss_constant=cfg.grpo.loss_constant or cfg.rollout.max_new_tokens,
+        scale_rewards=cfg.grpo.scale_rewards, reward_std=cfg.grpo.reward_std,
+        loss_scale=[t.loss_scale for t in cfg.tasks],
+    )  # fmt: skip
+    return batch, verifier_metrics(trainer.tasks, rolled, components)
 
 
 # --- phase: per-group forward / backward -------------------------------------------------------
@@ -138,8 +202,11 @@ def score(tasks: list[Task], rollout: Rollout) -> tuple[torch.Tensor, dict[str, 
 
 @dataclass
 class BackwardResult:
-    sums: RowSums  # per-row entropy, clipped tokens, KL and loss
+    sums: RowSums  # per-row entropy, clipped tokens, KL and loss (global rows, every rank)
     logprobs: torch.Tensor  # [B*G, L] the log-probs the loss used (old log-probs of later passes)
+    # [B*G] per-row sums of the truncated importance weights and of capped tokens (None: off)
+    is_weights: torch.Tensor | None = None
+    is_capped: torch.Tensor | None = None
 
 
 def forward_logprobs(model, rollout: Rollout, rows: torch.Tensor, temperature: float):
@@ -158,38 +225,103 @@ def backward_groups(
     """Backward over every (task, half) group in its own micro-batches.
 
     With ``capture``, each group's in-scope gradient goes to row m of ``trainer.groups``; ``.grad``
-    of those parameters stays empty until ``balance`` sets it to the (weighted) sum.
+    of those parameters stays empty until ``balance`` sets it to the (weighted) sum. Under data
+    parallelism this rank runs its rows of each group, as many micro-batches as every other rank
+    (distributed.py), and the per-row sums (and, under DDP, the gradients) are summed after.
     """
-    cfg, model, rollout = trainer.cfg, trainer.model, batch.rollout
+    cfg, parallel, rollout = trainer.cfg, trainer.parallel, batch.rollout
     n_rows, n_new = rollout.response_mask.shape
-    sums = RowSums.zeros(n_rows)
-    logprobs_all = torch.zeros(n_rows, n_new)
+    result = BackwardResult(RowSums.zeros(n_rows), torch.zeros(n_rows, n_new))
+    engine_logprobs = rollout.rollout_logprobs is not None
+    if engine_logprobs and cfg.grpo.rollout_is_cap is not None:
+        result.is_weights, result.is_capped = torch.zeros(n_rows), torch.zeros(n_rows)
     if capture:
         trainer.groups.reset()
-    for group, rows, last_of_group in batch.micro_batches(cfg.grpo.micro_batch_size):
-        logprobs, entropy = forward_logprobs(model, rollout, rows, cfg.rollout.temperature)
-        device = logprobs.device
-        old = logprobs.detach() if old_logprobs is None else old_logprobs[rows].to(device)
-        ref = None
-        if trainer.ref_model is not None:
-            with torch.no_grad():
-                ref, _ = forward_logprobs(trainer.ref_model, rollout, rows, cfg.rollout.temperature)
-        loss, stats = policy_loss(
-            logprobs, old, batch.advantages[rows].to(device), batch.token_weights[rows].to(device),
-            cfg.grpo.clip_eps, cfg.grpo.clip_eps_high, ref, cfg.grpo.kl_coef,
-            dual_clip=cfg.grpo.dual_clip,
-        )  # fmt: skip
-        trainer.accelerator.backward(loss)
-        mask = rollout.response_mask[rows]
-        sums.entropy[rows] = (entropy.float().cpu() * mask).sum(1)
-        sums.clipped[rows] = stats["clipped_rows"].float().cpu()
-        sums.loss[rows] = stats["loss_rows"].float().cpu()
-        if "kl_rows" in stats:
-            sums.kl[rows] = stats["kl_rows"].float().cpu()
-        logprobs_all[rows] = logprobs.detach().float().cpu()
-        if capture and last_of_group:
-            trainer.groups.close_group(group)
-    return BackwardResult(sums, logprobs_all)
+    schedule = micro_batch_schedule(
+        rollout.group_index, parallel.owner(rollout.prompt_index), batch.num_groups,
+        cfg.grpo.micro_batch_size, parallel.rank, parallel.world,
+    )  # fmt: skip
+    with parallel.no_sync(trainer.accelerator, trainer.model):
+        for group, rows, last_of_group in schedule:
+            if rows.numel():
+                backward_rows(trainer, batch, rows, old_logprobs, result)
+            else:  # this rank has no rows left in the group: the same collectives, no gradient
+                zero_backward(trainer)
+            if capture and last_of_group:
+                trainer.groups.close_group(group)
+    parallel.reduce_gradients(trainer.model, trainer.groups.buffer if capture else None)
+    sums = result.sums
+    mismatch = result.logprobs if engine_logprobs else None  # every row's, for the metrics
+    is_sums = (result.is_weights, result.is_capped)
+    parallel.all_reduce_(sums.entropy, sums.clipped, sums.loss, sums.kl, *is_sums, mismatch)
+    return result
+
+
+def backward_rows(
+    trainer: Trainer,
+    batch: StepBatch,
+    rows: torch.Tensor,
+    old_logprobs: torch.Tensor | None,
+    result: BackwardResult,
+) -> None:
+    """Forward and backward of one micro-batch; its per-row sums go into ``result``."""
+    cfg, model, rollout = trainer.cfg, trainer.model, batch.rollout
+    logprobs, entropy = forward_logprobs(model, rollout, rows, cfg.rollout.temperature)
+    device = logprobs.device
+    old = logprobs.detach() if old_logprobs is None else old_logprobs[rows].to(device)
+    ref = None
+    if trainer.ref_model is not None:
+        with torch.no_grad():
+            ref, _ = forward_logprobs(trainer.ref_model, rollout, rows, cfg.rollout.temperature)
+    mask = rollout.response_mask[rows]
+    is_weights = None
+    if result.is_weights is not None:  # against the sampler: pi_old (first update's) / mu
+        cap = cfg.grpo.rollout_is_cap
+        engine = rollout.rollout_logprobs[rows].to(device)
+        is_weights = truncated_importance_weights(old, engine, mask.to(device), cap=cap)
+        result.is_weights[rows] = is_weights.float().cpu().sum(1)
+        capped = (old.float() - engine.float() >= math.log(cap)) & mask.to(device).bool()
+        result.is_capped[rows] = capped.float().cpu().sum(1)
+    loss, stats = policy_loss(
+        logprobs, old, batch.advantages[rows].to(device), batch.token_weights[rows].to(device),
+        cfg.grpo.clip_eps, cfg.grpo.clip_eps_high, ref, cfg.grpo.kl_coef,
+        dual_clip=cfg.grpo.dual_clip, is_weights=is_weights,
+    )  # fmt: skip
+    trainer.accelerator.backward(loss)
+    sums = result.sums
+    sums.entropy[rows] = (entropy.float().cpu() * mask).sum(1)
+    sums.clipped[rows] = stats["clipped_rows"].float().cpu()
+    sums.loss[rows] = stats["loss_rows"].float().cpu()
+    if "kl_rows" in stats:
+        sums.kl[rows] = stats["kl_rows"].float().cpu()
+    result.logprobs[rows] = logprobs.detach().float().cpu()
+
+
+def zero_backward(trainer: Trainer) -> None:
+    """A forward and backward of one token with a zero loss: an exact zero gradient, and the
+    collectives of a real micro-batch (FSDP2 all-gathers and reduce-scatters every layer)."""
+    model = trainer.model
+    device = next(model.parameters()).device
+    token = trainer.tokenizer.bos_token_id
+    ids = torch.full((1, 1), token if token is not None else 0, device=device)
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).logits
+    trainer.accelerator.backward(logits.float().sum() * 0.0)
+
+
+def engine_metrics(trainer: Trainer, batch: StepBatch, result: BackwardResult) -> dict[str, float]:
+    """The trainer's log-probs against the engine's, per task, and the importance weights."""
+    rollout = batch.rollout
+    if rollout.rollout_logprobs is None:
+        return {}
+    out = logprob_mismatch(
+        result.logprobs, rollout.rollout_logprobs, rollout.response_mask, rollout.task_index,
+        trainer.task_names,
+    )  # fmt: skip
+    if result.is_weights is not None:
+        tokens = float(rollout.response_mask.sum().clamp(min=1))
+        out[M.train_key("is_weight_mean")] = float(result.is_weights.sum()) / tokens
+        out[M.train_key("is_capped_share")] = float(result.is_capped.sum()) / tokens
+    return out
 
 
 # --- phase: balance ---------------------------------------------------------------------------
@@ -302,7 +434,7 @@ class OptimizerStep:
 def optimizer_step(trainer: Trainer, step: int = 0) -> OptimizerStep:
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     clip = trainer.cfg.optim.max_grad_norm
-    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+    norm = full(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf))
     lr = trainer.scheduler.get_last_lr()[0]
     if not math.isfinite(float(norm)):  # the combined gradient: never applied (numerics.py)
         return OptimizerStep(float(norm), 1.0, lr, fault=Fault("gradient"))
@@ -311,6 +443,7 @@ def optimizer_step(trainer: Trainer, step: int = 0) -> OptimizerStep:
     check_parameters(trainer.policy, f"in the optimizer step of step {step}")
     trainer.scheduler.step()
     trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.engine_stale = True  # the engine gets the new parameters before it samples again
     return OptimizerStep(grad_norm=float(norm), clip_coef=clip_coef, lr=lr)
 
 
@@ -387,14 +520,7 @@ def measure_large(trainer: Trainer, step: int) -> dict[str, float]:
     cfg, groups, tasks = trainer.cfg, trainer.groups, trainer.task_names
     counts = [cfg.diagnostics.measure_prompts] * len(tasks)
     prompts = sample_prompts(cfg, trainer.tasks, None, step, counts=counts, stream="measure")
-    rolled = rollout(trainer, prompts, step, stream="measure-rollout")
-    rewards, _ = score(trainer.tasks, rolled)
-    batch = make_batch(
-        rolled, rewards, len(tasks), loss_agg=cfg.grpo.loss_agg,
-        loss_constant=cfg.grpo.loss_constant or cfg.rollout.max_new_tokens,
-        scale_rewards=cfg.grpo.scale_rewards, reward_std=cfg.grpo.reward_std,
-        loss_scale=[t.loss_scale for t in cfg.tasks],
-    )  # fmt: skip
+    batch, _ = step_batch(trainer, prompts, step, PhaseTimer(), stream="measure-rollout")
     backward_groups(trainer, batch, None, capture=True)
     trainer.model.zero_grad(set_to_none=True)
     ones = torch.ones(len(groups.names), len(tasks), dtype=torch.float64)
@@ -422,16 +548,8 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
             extra = measure_large(trainer, step)
     with timer("sample"):
         prompts = sample_prompts(cfg, trainer.tasks, trainer.sampling, step)
-    with timer("rollout"):
-        rolled = rollout(trainer, prompts, step)
-    with timer("score"):
-        rewards, metrics = score(trainer.tasks, rolled)
-    batch = make_batch(
-        rolled, rewards, len(trainer.tasks), loss_agg=cfg.grpo.loss_agg,
-        loss_constant=cfg.grpo.loss_constant or cfg.rollout.max_new_tokens,
-        scale_rewards=cfg.grpo.scale_rewards, reward_std=cfg.grpo.reward_std,
-        loss_scale=[t.loss_scale for t in cfg.tasks],
-    )  # fmt: skip
+    batch, metrics = step_batch(trainer, prompts, step, timer)
+    trainer.engine.sleep()  # frees the engine's memory for the backward where vLLM can
     measure = trainer.groups is not None and (step - 1) % cfg.diagnostics.every == 0
     # The first, on-policy update is the one measured; a strategy balances every update, and the
     # per-task AdamW moments need every update's parts.
@@ -445,8 +563,12 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
             old_logprobs = result.logprobs
             stats = rollout_statistics(batch, result.sums, trainer.ref_model is not None)
             metrics.update(rollout_metrics(trainer, batch, stats, result.sums))
+            metrics.update(engine_metrics(trainer, batch, result))
         buffer = trainer.groups.buffer if capture else None
-        fault = check_backward(result.sums.loss, rolled.task_index, trainer.task_names, buffer)
+        fault = check_backward(
+            result.sums.loss, batch.rollout.task_index, trainer.task_names, buffer
+        )
+        fault = trainer.parallel.first(fault)  # a shard's fault stops every rank's update
         if fault is not None:  # before the strategy: it never sees a non-finite Gram matrix
             metrics.update(skip_update(trainer, step, inner, fault))
             break
@@ -461,6 +583,9 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
         if M.SKIPPED in metrics:  # the combined gradient was non-finite (optimizer_step)
             metrics.update(skip_update(trainer, step, inner, Fault("gradient")))
             break
+    if trainer.engine.needs_push:
+        with timer("push"):  # after the step's last update (every rank)
+            trainer.sync_engine()
     metrics.update(extra)
     metrics.update(timer.metrics())
     return metrics
@@ -519,19 +644,25 @@ def eval_due(cfg: Config, step: int) -> bool:
 def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
     """Held-out accuracy per task on its fixed evaluation set (greedy, or avg@k with
     ``eval.samples`` = k); the per-prompt outcomes (how many of the k completions are correct)
-    go to the run directory's evals.jsonl, for paired comparisons over prompts."""
+    go to the run directory's evals.jsonl, for paired comparisons over prompts. Sampled by the
+    rollout engine; under data parallelism on rank 0, the accuracies broadcast to every rank."""
+    trainer.sync_engine()
+    return trainer.parallel.on_main(lambda: _evaluate(trainer, step))
+
+
+def _evaluate(trainer: Trainer, step: int) -> dict[str, float]:
     cfg = trainer.cfg
     k = cfg.eval.samples
     out: dict[str, float] = {}
     outcomes: dict[str, list[int]] = {}
     for task in trainer.tasks:
         samples = task.eval_set()
-        rollout = generate(
-            trainer.policy, trainer.tokenizer, samples, [0] * len(samples), group_size=max(k, 1),
+        rollout = trainer.engine.generate(
+            samples, [0] * len(samples), group_size=max(k, 1),
             max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=0,
             chat_template=cfg.model.chat_template, max_prompt_tokens=cfg.model.max_prompt_tokens,
-            generation_batch=cfg.rollout.generation_batch, greedy=k == 0,
+            greedy=k == 0,
         )  # fmt: skip
         g = rollout.group_size
         scored = task.rewards([s for s in samples for _ in range(g)], rollout.completions)
@@ -565,7 +696,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
 
 def train_loop(trainer: Trainer) -> Path:
     cfg = trainer.cfg
-    run, progress = trainer.run, make_progress(cfg)
+    run, progress = trainer.run, make_progress(cfg, trainer.parallel.is_main)
     last_checkpoint = time.monotonic()
     if trainer.step == 0 and eval_due(cfg, 0):
         initial = evaluate(trainer, 0)
@@ -592,20 +723,31 @@ def train_loop(trainer: Trainer) -> Path:
                 raise NonFiniteError(
                     stop_message(trainer.skipped, step, metrics, trainer.task_names)
                 )
-            minutes = (time.monotonic() - last_checkpoint) / 60
+            # one clock for every rank: rank 0's decides when a time-based checkpoint is due
+            minutes = trainer.parallel.broadcast((time.monotonic() - last_checkpoint) / 60)
             if (
                 step % cfg.checkpoint_every == 0
                 or step == cfg.steps
                 or 0 < cfg.checkpoint_minutes <= minutes
             ):
-                run.save_checkpoint(
-                    step, trainer.policy, trainer.tokenizer, trainer.state_dict(),
-                    keep=cfg.keep_checkpoints,
-                )  # fmt: skip
+                save_checkpoint(trainer, step)
                 last_checkpoint = time.monotonic()
             progress.update(bar, advance=1, info=progress_info(trainer, metrics))
     run.finish(trainer.task_names)
+    trainer.parallel.barrier()
+    trainer.engine.close()
     return run.path
+
+
+def save_checkpoint(trainer: Trainer, step: int) -> None:
+    """Weights, tokenizer and trainer state; under data parallelism every rank takes part (FSDP2
+    gathers the shards) and rank 0 writes."""
+    state = trainer.state_dict()
+    weights = trainer.parallel.savable(trainer.policy)
+    trainer.run.save_checkpoint(
+        step, weights, trainer.tokenizer, state, keep=trainer.cfg.keep_checkpoints
+    )
+    trainer.parallel.barrier()
 
 
 def progress_info(trainer: Trainer, metrics: dict[str, float]) -> str:
@@ -615,10 +757,10 @@ def progress_info(trainer: Trainer, metrics: dict[str, float]) -> str:
     return "reward " + " ".join(parts)
 
 
-def make_progress(cfg: Config):
+def make_progress(cfg: Config, main: bool = True):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), disable=not cfg.progress,
+        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), disable=not (cfg.progress and main),
     )  # fmt: skip

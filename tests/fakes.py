@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from taskgrad.config import Config, TaskSpec
+from taskgrad.distributed import Parallel
 from taskgrad.rollout import Rollout
 from taskgrad.tasks import Sample
 
@@ -66,4 +67,5 @@ def fake_trainer(model, num_tasks: int, **grpo):
         groups=None,
         tasks=[SimpleNamespace(name=f"t{k}") for k in range(num_tasks)],
         accelerator=SimpleNamespace(backward=lambda loss: loss.backward()),
+        parallel=Parallel(),
     )

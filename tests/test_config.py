@@ -78,6 +78,14 @@ def test_math3_preset_via_override():
         # malformed YAML in an override meant as a list or mapping
         (["optim.betas=[0.9, 0.99"], "(override optim.betas:1:11: invalid YAML"),
         (["tasks=[{name: code"], "(override tasks:1:"),
+        (["rollout.backend=sglang"], "rollout.backend: invalid value 'sglang'"),
+        (["grpo.rollout_is_cap=2"], "grpo.rollout_is_cap: need rollout.backend=vllm"),
+        (["rollout.backend=vllm", "grpo.rollout_is_cap=0"], "grpo.rollout_is_cap: need a positive"),
+        (["rollout.backend=vllm", "rollout.seeding=batch"], "rollout.seeding: need"),
+        (["model.lora.r=-1"], "model.lora.r: need >= 0"),
+        (["model.lora.r=8", "model.lora.target_modules=[]"], "model.lora.target_modules: need"),
+        (["model.lora.dropout=1"], "model.lora.dropout: need in [0, 1)"),
+        (["parallel.mode=zero"], "parallel.mode: invalid value 'zero'"),
     ],
 )
 def test_bad_config_one_line_error_naming_the_field(override, message):

@@ -16,8 +16,10 @@ position: ~1). 1e-4 leaves two orders of margin on each side.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -271,3 +273,63 @@ def test_engine_weights_are_checkpoint_names(policy):
     assert "model.embed_tokens.weight" in names
     assert "lm_head.weight" not in names  # tied: pushed once, as the embedding
     assert len(names) == len(list(model.parameters()))
+
+
+# --- the engine in the training loop (rollout.backend=vllm) ----------------------------------
+
+
+def loop_overrides(model_dir, tmp_path, *extra: str) -> list[str]:
+    return [
+        f"model={model_dir}", "steps=3", "rollout.prompts_per_task=2", "rollout.group_size=4",
+        f"rollout.max_new_tokens={MAX_NEW}", "rollout.temperature=0.8", "eval.every=3",
+        "eval.size=8", "diagnostics.probe_every=0", "progress=false", "rollout.backend=vllm",
+        f"runs_root={tmp_path}", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["grpo.rollout_is_cap=2.0", "optim.lr=1e-3"], ["model.lora.r=4", "optim.lr=1e-2"]],
+    ids=["full-weights-tis", "lora-merged"],
+)
+def test_training_steps_with_the_vllm_backend(model_dir, tmp_path, tasks, extra):
+    """Three steps sampled by vLLM: every step's engine log-probs match the trainer's
+    recomputation (so each step's weights reached the engine: a stale engine is off by far more
+    than LOGP_TOL after an update), evaluation runs through the engine, and with truncated IS the
+    weights are ~1 and never capped; LoRA pushes merged weights."""
+    if "model.lora.r=4" in extra:
+        pytest.importorskip("peft")
+    from taskgrad.config import load_config
+    from taskgrad.train import train
+
+    run = train(load_config(None, loop_overrides(model_dir, tmp_path, *extra)), tmp_path / "run")
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    names = [t.name for t in tasks]
+    for r in records[1:]:
+        assert r["train/logprob_diff_max"] < LOGP_TOL, (r["step"], r["train/logprob_diff_max"])
+        assert all(f"task/{t}/logprob_diff_mean" in r for t in names)
+        assert r["time/push"] > 0
+        if "grpo.rollout_is_cap=2.0" in extra:
+            assert abs(r["train/is_weight_mean"] - 1) < LOGP_TOL and r["train/is_capped_share"] == 0
+    assert all(f"eval/{t}/accuracy" in records[0] and f"eval/{t}/accuracy" in records[3]
+               for t in names)  # fmt: skip
+    first = json.loads((run / "evals.jsonl").read_text().splitlines()[0])
+    assert first["task"] == names[0] and len(first["correct"]) == 8
+
+
+def test_gpu_check_runs_on_cpu_with_vllm(tmp_path):
+    """benchmarks/gpu_check.py --tiny with the vLLM engine: the GPU check's path up to CUDA."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check", Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    )
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    args = ["--tiny", "--backend", "vllm", "--steps", "1", "--prompts", "2", "--group", "2",
+            "--max-new", "4", "--workdir", str(tmp_path)]  # fmt: skip
+    if importlib.util.find_spec("peft") is None:
+        args.append("--no-lora")
+    rows = gpu_check.main(args)
+    assert rows and all(r["fits"] and r["rollout_tokens_per_s"] > 0 for r in rows)

@@ -154,7 +154,7 @@ def adam_metrics(
     pgrams = groups.param_grams(weight=precond)  # [n_params, M, M] of P G_m
     pre = BalancedStep(pgrams, step.shares, step.balance, step.param_weights)
     stats = pre.statistics(list(range(len(groups.names))))
-    dots = (task_parts(groups, step) @ delta.to(groups.buffer)).double()  # [K] <W_k G_k, dtheta>
+    dots = groups.reduce((task_parts(groups, step) @ delta.to(groups.buffer)).double())  # [K]
     total = dots.sum()
     out: dict[str, float] = {}
     for k, task in enumerate(tasks):
@@ -179,6 +179,7 @@ class TaskMomentum:
         self.buffer = torch.zeros(num_tasks, groups.offsets[-1], dtype=groups.buffer.dtype,
                                   device=groups.buffer.device)  # fmt: skip
         self.valid = True
+        self.reduce = groups.reduce  # sums over ranks where the buffers are shards
 
     def update(self, parts: torch.Tensor | None, clip_coef: float) -> None:
         """Fold in one optimizer step's applied contributions [K, P] (None: not captured)."""
@@ -201,10 +202,10 @@ class TaskMomentum:
             return {}
         main = scope_label(scope)
         steps = -lr * precond * self.buffer / (1 - self.beta1**adam_step)  # [K, P] dtheta_k
-        total = float(delta.double() @ delta.double())
+        total = float(self.reduce(delta.double() @ delta.double()))
         if total == 0:
             return {}
-        dots = (steps.double() @ delta.double()) / total  # [K]
+        dots = self.reduce(steps.double() @ delta.double()) / total  # [K]
         out = {M.grad_key(main, t, "applied_share"): float(dots[k]) for k, t in enumerate(tasks)}
         out[M.grad_scope_key(main, "decay_share")] = 1.0 - float(dots.sum())
         return out

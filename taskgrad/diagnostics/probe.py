@@ -22,14 +22,15 @@ then put back exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from taskgrad import metrics as M
 from taskgrad.config import Config
 from taskgrad.gradients import GroupGradients
-from taskgrad.rollout import generate
 from taskgrad.tasks import Task
 
 ProbeRewards = dict[str, torch.Tensor]  # task -> [n_probe] mean reward per probe prompt
@@ -37,26 +38,39 @@ ProbeRewards = dict[str, torch.Tensor]  # task -> [n_probe] mean reward per prob
 
 @dataclass
 class Prober:
-    """Runs probes of a policy on its tasks' fixed probe prompts."""
+    """Runs probes of a policy on its tasks' fixed probe prompts.
 
-    model: torch.nn.Module  # the unwrapped policy
-    tokenizer: object
+    ``engine`` samples (engines/: transformers generate on the policy, or vLLM); ``sync`` brings
+    it to the policy's current parameters first (every rank calls it: the transfer matrix moves
+    the parameters between probes); ``parallel`` runs the probe on rank 0 only and broadcasts the
+    rewards (distributed.py). None: one process, an engine that follows the live model.
+    """
+
+    engine: Any
     tasks: list[Task]
     cfg: Config
+    sync: Callable[[], object] | None = None
+    parallel: Any = None
+
+    def __call__(self) -> ProbeRewards:
+        if self.sync is not None:
+            self.sync()
+        if self.parallel is None:
+            return self.probe()
+        return self.parallel.on_main(self.probe)
 
     @torch.no_grad()
-    def __call__(self) -> ProbeRewards:
+    def probe(self) -> ProbeRewards:
         cfg, d = self.cfg, self.cfg.diagnostics
         out = {}
         for k, task in enumerate(self.tasks):
             samples = task.eval_set()[: d.probe_size]
-            rollout = generate(
-                self.model, self.tokenizer, samples, [k] * len(samples),
+            rollout = self.engine.generate(
+                samples, [k] * len(samples),
                 group_size=d.probe_samples, max_new_tokens=cfg.rollout.max_new_tokens,
                 temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=1000 + k,
                 chat_template=cfg.model.chat_template,
                 max_prompt_tokens=cfg.model.max_prompt_tokens,
-                generation_batch=cfg.rollout.generation_batch,
             )  # fmt: skip
             rewards = [r.value for r in task.rewards(
                 [samples[i // d.probe_samples] for i in range(len(rollout.completions))],

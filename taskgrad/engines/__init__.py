@@ -19,7 +19,8 @@ Backends (``ROLLOUT_BACKENDS``):
 Pure helpers for the train/rollout mismatch (per-task |delta log p|, truncated importance weights)
 live in ``engines/mismatch.py``; they need no engine.
 
-Wiring into the loop (not done here; train.py / trainer.py are the loop's):
+Wiring into the loop (done in train.py / trainer.py as listed; ``needs_push`` lets the loop skip
+pushes to an engine that samples from the live model):
 
 * config: ``rollout.backend: Literal["transformers", "vllm"]``, the vLLM options above (e.g.
   ``rollout.vllm: dict`` passed as keywords), ``grpo.rollout_is_cap: float | None`` (None: no
@@ -54,6 +55,7 @@ class RolloutEngine(Protocol):
     """What the training loop needs from a sampling backend."""
 
     name: str
+    needs_push: bool  # False: it samples from the live model, push_weights has nothing to do
 
     def generate(
         self,
@@ -69,6 +71,7 @@ class RolloutEngine(Protocol):
         chat_template: str = "auto",
         max_prompt_tokens: int = 512,
         greedy: bool = False,
+        prompt_ids: list[int] | None = None,
     ) -> Rollout: ...
 
     def push_weights(self, model: Any) -> float:

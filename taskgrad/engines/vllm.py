@@ -22,7 +22,9 @@ Design
 * **Seeds.** Rollout row ``r`` (prompt ``b``, completion ``i``) is sampled with vLLM seed
   ``base + r``, ``base`` a hash of ``seed``: the request of prompt ``b`` gets ``base + b * G``
   and vLLM gives its i-th child ``seed + i``. vLLM's seeded sampling draws per-request noise, so
-  the same ``seed`` reproduces the same completions (tested).
+  the same ``seed`` reproduces the same completions (tested). Under data parallelism ``b`` is the
+  prompt's id in the whole batch (``prompt_ids``), so a rank sampling its shard draws what one
+  process would.
 * **Log-probs.** ``SamplingParams(logprobs=0)`` returns the sampled token's log-prob, and the
   engine is built with ``logprobs_mode="processed_logprobs"``: the log-softmax *after*
   temperature and top-p (vLLM 0.32's default, ``raw_logprobs``, is the log-softmax of the raw
@@ -49,12 +51,12 @@ Design
   process"; only its workers call ``set_random_seed``, and with the worker in its own process
   building the engine left torch's, Python's and NumPy's global RNG states unchanged (checked).
   The engine still saves and restores them around construction, a guard should that change.
-* **LoRA hook.** ``engine_weights(model)`` is the single place that turns the trainer's model into
-  (name, tensor) pairs. Full weights are implemented; for a PEFT model it raises. The two ways to
-  add it: merged weights (``merge_adapter()``, strip ``base_model.model.`` / ``.base_layer``, skip
-  ``lora_`` tensors, ``unmerge_adapter()``; what TRL does) through the same push, or build the
-  engine with ``enable_lora=True`` and pass a ``LoRARequest`` per generate call (adapter only,
-  much less to copy).
+* **LoRA and sharded weights.** ``engine_weights(model)`` is the single place that turns the
+  trainer's model into (name, tensor) pairs. A peft model is pushed as merged weights
+  (``lora.merged_weights``: W + scale B A computed beside the model, which is never merged and
+  unmerged in place, so no rounding creeps into the trained weights); the alternative, an engine
+  built with ``enable_lora=True`` and a ``LoRARequest`` per generate call, copies less but is not
+  implemented. FSDP2-sharded parameters are gathered whole on every rank before the push.
 * **Sleep mode.** ``sleep()`` / ``wake_up()`` call ``LLM.sleep(level)`` / ``LLM.wake_up()`` when
   the engine was built with ``enable_sleep_mode=True`` on a platform where vLLM supports it
   (``current_platform.is_sleep_mode_available()``: CUDA, ROCm, XPU). On CPU vLLM refuses
@@ -137,14 +139,15 @@ def engine_weights(model: Any) -> list[tuple[str, torch.Tensor]]:
     ``model`` is the unwrapped Hugging Face model (``accelerator.unwrap_model``). Its parameter
     names are the checkpoint's (``model.layers.0.self_attn.q_proj.weight``, ...), which vLLM's
     ``load_weights`` maps onto its fused layers; a tied ``lm_head`` appears once, as the
-    embedding. Tensors are detached views, copied once by the push itself.
+    embedding. Tensors are detached views, copied once by the push itself. A peft (LoRA) model
+    gives its base weights with the adapters merged in (lora.py); FSDP2-sharded parameters are
+    gathered whole first, a collective every rank must join (distributed.py).
     """
-    if hasattr(model, "peft_config"):
-        raise NotImplementedError(
-            "push_weights: PEFT models are not supported yet; merge the adapter and push full "
-            "weights, or serve the adapter with a vLLM LoRARequest (see engines/vllm.py)"
-        )
-    return [(name, p.detach().to("cpu")) for name, p in model.named_parameters()]
+    from taskgrad.distributed import full_named_parameters
+    from taskgrad.lora import is_peft, merged_weights
+
+    named = merged_weights(model) if is_peft(model) else full_named_parameters(model)
+    return [(name, p.detach().to("cpu")) for name, p in named]
 
 
 @contextmanager
@@ -182,6 +185,7 @@ class VLLMEngine:
     """A colocated ``vllm.LLM`` serving rollouts for the trainer (see the module docstring)."""
 
     name = "vllm"
+    needs_push = True  # its own copy of the weights
 
     def __init__(
         self,
@@ -274,8 +278,14 @@ class VLLMEngine:
         chat_template: str = "auto",
         max_prompt_tokens: int = 512,
         greedy: bool = False,
+        prompt_ids: list[int] | None = None,
     ) -> Rollout:
-        """Sample ``group_size`` completions for each of ``samples``: ``generate``'s layout."""
+        """Sample ``group_size`` completions for each of ``samples``: ``generate``'s layout.
+
+        ``prompt_ids`` [B]: the prompts' ids in the whole (data parallel) batch, which pick their
+        seeds, so a prompt's completions do not depend on the shard it is sampled in; None:
+        0..B-1.
+        """
         self._ensure_awake()
         tok = self.tokenizer
         enc = encode_prompts(tok, samples, chat_template, max_prompt_tokens)
@@ -285,16 +295,17 @@ class VLLMEngine:
         ]
         g = group_size
         base = request_seed_base(seed)
+        ids_of = prompt_ids if prompt_ids is not None else list(range(len(samples)))
         params = [
             self._sampling_params(
                 n=g,
                 temperature=temperature,
                 top_p=top_p,
                 max_new_tokens=max_new_tokens,
-                seed=base + b * g,  # vLLM samples child i of this request with seed + i
+                seed=base + pid * g,  # vLLM samples child i of this request with seed + i
                 greedy=greedy,
             )
-            for b in range(len(samples))
+            for pid in ids_of
         ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         n_rows = len(samples) * g
