@@ -367,7 +367,7 @@ def balance(
     inputs = TaskGradStats(
         tasks=trainer.task_names, step=step, group_gram=grams.sum(0), shares=batch.shares,
         module_grams={name: grams[idx].sum(0) for name, idx in members.items()},
-        stats={name: stats[name] for name in STRATEGY_STATS},
+        stats={name: stats[name] for name in STRATEGY_STATS if name in stats},
         gains=gain.latest_gains(
             trainer.history, trainer.task_names, trainer.cfg.diagnostics.gain_window
         ),

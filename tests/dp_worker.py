@@ -33,8 +33,8 @@ def main(out: Path, overrides: list[str]) -> None:
         records["weights"].append(balanced.param_weights.clone())
         return balanced, window
 
-    def recorded_step(trainer):
-        result = optimizer_step(trainer)
+    def recorded_step(trainer, step=0):
+        result = optimizer_step(trainer, step)
         params = [full(p.detach()).reshape(-1).double() for p in trainer.policy.parameters()]
         records["params"].append(torch.cat(params))
         return result

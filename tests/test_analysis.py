@@ -18,7 +18,7 @@ from taskgrad.analysis.reproduce import plan
 from taskgrad.analysis.runs import group_runs, load_run
 from taskgrad.analysis.stats import seed_band, spearman
 from taskgrad.config import load_config, to_dict
-from tests.synthetic_runs import write_run
+from tests.synthetic_runs import FOUR_TASKS, write_run
 
 N_BOOT = 300  # enough for the intervals these tests check, and fast
 
@@ -125,7 +125,8 @@ def test_a_task_without_signal_is_named_not_divided_by(tmp_path):
 
 
 def test_cosines_of_sums_recover_planted_cosines(tmp_path):
-    path = write_run(tmp_path / "r", steps=60, arrays={"cos": {(0, 3): 0.5, (1, 2): -0.3}})
+    path = write_run(tmp_path / "r", steps=60, overrides=(FOUR_TASKS,),
+                     arrays={"cos": {(0, 3): 0.5, (1, 2): -0.3}})  # fmt: skip
     ws = windows.group_windows(group_of(path))
     sig = windows.signal(ws, n_boot=100)
     cos = windows.cosines(ws, sig, "all")

@@ -23,6 +23,7 @@ from taskgrad.analysis.compare import (
 )
 from taskgrad.analysis.reproduce import Planned, RunsFailed, run_all
 from taskgrad.analysis.runs import load_run, read_evals
+from taskgrad.config import load_config
 from taskgrad.stats import mean_ci
 from tests.synthetic_runs import write_run
 
@@ -30,6 +31,7 @@ STEPS = 20
 
 
 PROMPTS = 100  # held-out prompts per task in the synthetic evals.jsonl
+K = len(load_config("default").tasks)  # the default mix, which the planned runs use
 
 
 def planted(path, strategy: str, seed: int, lift: float, extra: tuple[str, ...] = ()):
@@ -37,8 +39,8 @@ def planted(path, strategy: str, seed: int, lift: float, extra: tuple[str, ...] 
     final held-out accuracy .5 (.3 for the worst task) + lift + .01 x seed (in hundredths, so
     that evals.jsonl's 100 outcomes per task give it exactly)."""
     t = np.linspace(0.3, 0.6, STEPS)[:, None] + lift + 0.01 * (seed % 10)  # [T, 1]
-    rewards = np.repeat(t, 4, axis=1)  # [T, K]
-    rewards[:, 3] -= 0.2  # the worst task
+    rewards = np.repeat(t, K, axis=1)  # [T, K]
+    rewards[:, K - 1] -= 0.2  # the worst task
     overrides = (f"balance.strategy={strategy}", "eval.every=5", *extra)
     path = write_run(path, seed=seed, steps=STEPS, overrides=overrides, arrays={"reward": rewards})
     write_evals(path, seed)
@@ -94,7 +96,7 @@ def weights_arg(weights) -> str:
 
 def test_tuned_static_is_the_best_of_the_sweep_and_is_compared(tmp_path):
     out, common = tmp_path / "out", [f"steps={STEPS}", "eval.every=5"]
-    grid = static_grid(4)
+    grid = static_grid(K)
     noise = {TUNE_SEED: 0.0, TUNE_SEED + 1: 0.01, TUNE_SEED + 2: -0.01}  # per weighting and seed
     for i, weights in enumerate(grid):  # weighting 3 is planted best (+.1), weighting 1 second
         for seed in range(TUNE_SEED, TUNE_SEED + 3):
@@ -107,15 +109,16 @@ def test_tuned_static_is_the_best_of_the_sweep_and_is_compared(tmp_path):
     compare(["uniform", "static"], seeds=2, out=out, overrides=common)  # 3 tuning seeds
     sweep = (out / "tune_static.md").read_text()
     chosen = [line for line in sweep.splitlines() if line.endswith("| yes |")]
-    assert chosen == [line for line in sweep.splitlines() if line.startswith("| [1, 1, 2, 1]")]
+    assert chosen == [line for line in sweep.splitlines() if line.startswith("| [1, 1, 2]")]
     # score = (mean + worst) / 2 = .5 + lift - .1 - .05 on seed 1000: the chosen is +10 over
     # the uniform mix on every tuning seed up to the planted +-1 -> a clear, tight difference
-    assert "Chosen: [1, 1, 2, 1], 10.0 [" in sweep and "distinguishable from the uniform" in sweep
+    assert "Chosen: [1, 1, 2], 10.0 [" in sweep and "distinguishable from the uniform" in sweep
     assert "not distinguishable" not in sweep
-    # the uniform mix: final mean .45 + .01 x (seed % 10) - noise = .45, .45, .48 -> 46.0
-    assert "| [1, 1, 1, 1] | 46.0 [" in sweep
+    # the uniform mix: final mean (2 x .5 + .3) / 3 + .01 x (seed % 10) - noise
+    # = .433, .433, .463 -> 44.3
+    assert "| [1, 1, 1] | 44.3 [" in sweep
     table = (out / "compare.md").read_text()
-    assert "`static` weights: [1, 1, 2, 1] (tuned, see tune_static.md)." in table
+    assert "`static` weights: [1, 1, 2] (tuned, see tune_static.md)." in table
     for endpoint in ENDPOINTS:  # static - uniform once (uniform is the baseline), +2 exactly
         assert contrast_row(table, f"Differences: {endpoint}", "uniform", "static") is None
         assert contrast_row(table, f"Differences: {endpoint}", "static", "uniform")[2:3] == [
@@ -124,7 +127,7 @@ def test_tuned_static_is_the_best_of_the_sweep_and_is_compared(tmp_path):
     figures = sorted(p.name for p in (out / "figures").glob("*forest*"))
     assert figures == ["03-compare-forest-uniform.png"]  # static is nobody else's reference
     # the static runs found under runs/ are reused only because their weights are the chosen ones
-    assert tune_static("default", out, common) == [1, 1, 2, 1]
+    assert tune_static("default", out, common) == [1, 1, 2]
 
 
 def test_tuning_that_cannot_tell_the_chosen_from_uniform_says_so():
@@ -170,8 +173,8 @@ def test_a_run_failing_in_its_worker_process_is_named_with_its_log(tmp_path):
 def test_score_run_by_hand(tmp_path):
     path = planted(tmp_path / "uniform-s0", "uniform", 0, 0.0)
     s = score_run(path, target=0.2)
-    # last eval (step 20): reward .6 -> accuracy .5 for three tasks, .3 for the worst
-    assert s.final_mean == pytest.approx((3 * 0.5 + 0.3) / 4)
+    # last eval (step 20): reward .6 -> accuracy .5 for two tasks, .3 for the worst
+    assert s.final_mean == pytest.approx((2 * 0.5 + 0.3) / 3)
     assert s.final_worst == pytest.approx(0.3)
     assert math.isfinite(s.auc) and s.auc < s.final_mean  # a rising curve lies below its end
     # worst-task accuracy = reward - .3 = .3 * (step - 1) / 19: .142 at step 10, .221 at step 15
@@ -247,12 +250,13 @@ def test_score_tokens_and_minutes_by_hand(tmp_path):
             rows[step] |= {f"task/{t}/prompts": 2.0 + k, f"task/{t}/response_length": length}
     rows[2] |= {f"eval/{t}/accuracy": 0.25 * (k + 1) for k, t in enumerate(tasks)}
     s = score_run(Run(tmp_path, cfg, pd.DataFrame.from_dict(rows, orient="index")), 0.25)
-    # prompts 2+3+4+5 = 14 per step, G = 4: 14 * 4 * 3 = 168 and 14 * 4 * 5 = 280 -> mean 224
-    assert s.tokens_per_step == pytest.approx(224.0)
+    assert len(tasks) == 3  # the default mix
+    # prompts 2+3+4 = 9 per step, G = 4: 9 * 4 * 3 = 108 and 9 * 4 * 5 = 180 -> mean 144
+    assert s.tokens_per_step == pytest.approx(144.0)
     assert s.minutes == pytest.approx(1.0)  # 2 x 30 s
-    assert s.final_mean == pytest.approx(0.625) and s.final_worst == pytest.approx(0.25)
+    assert s.final_mean == pytest.approx(0.5) and s.final_worst == pytest.approx(0.25)
     assert s.steps_to_target == 0  # the worst task starts at .5 >= .25
-    assert s.auc == pytest.approx((0.5 + 0.625) / 2)  # two evaluations: a trapezoid over 2 steps
+    assert s.auc == pytest.approx((0.5 + 0.5) / 2)  # two evaluations: a trapezoid over 2 steps
 
 
 def test_evals_reader_keeps_the_last_of_repeated_lines(tmp_path):

@@ -36,6 +36,7 @@ import torch
 
 from taskgrad.config import TinyModelConfig
 from taskgrad.policy import build_char_tokenizer, build_tiny_model
+from taskgrad.rundir import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 PARITY = "tests.test_train:Parity"
@@ -182,8 +183,8 @@ def test_resume_of_a_two_process_run(mode, model_dir, tmp_path):
     config = tmp_path / "cut" / "config.yaml"
     config.write_text(config.read_text().replace("steps: 2", "steps: 3"))
     cli("--resume", str(tmp_path / "cut"))
-    records = {name: [{k: v for k, v in json.loads(x).items() if not k.startswith("time/")}
-                      for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    records = {name: [{k: v for k, v in r.items() if not k.startswith("time/")}
+                      for r in read_records(tmp_path / name / "metrics.jsonl")]
                for name in ("full", "cut")}  # fmt: skip
     assert [r["step"] for r in records["cut"]] == [r["step"] for r in records["full"]] == [1, 2, 3]
     for a, b in zip(records["full"], records["cut"], strict=True):

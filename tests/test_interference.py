@@ -14,12 +14,12 @@ from tests.synthetic_runs import write_run
 def test_single_task_plan_keeps_the_mix_budget_and_pins_the_model():
     runs = I.single_task_plan("default", 2, ["steps=5"], model="/models/tiny-abc")
     assert [r.name for r in runs] == [f"single-{t}-s{s}" for t in
-                                      ("code", "countdown", "arithmetic", "table_qa")
+                                      ("code", "countdown", "table_qa")
                                       for s in range(2)]  # fmt: skip
     first = runs[0].overrides
     assert first[0] == "steps=5" and "model=/models/tiny-abc" in first and "seed=0" in first
     (spec,) = yaml.safe_load(first[1].split("=", 1)[1])
-    assert spec["name"] == "code" and spec["options"] == {}  # the task's own options travel
+    assert spec["name"] == "code" and spec["options"] == {"num_ops": 3}  # its own options travel
 
 
 def test_gaps_are_paired_by_seed_by_hand(tmp_path):
@@ -27,7 +27,7 @@ def test_gaps_are_paired_by_seed_by_hand(tmp_path):
     # on seed 0 and 0.6 -> 0.5 on seed 1: gaps 0.2 and 0.3, mean 0.25, t(0.975, 1) = 12.706
     multis, singles = [], []
     for seed, alone in ((0, 0.5), (1, 0.6)):
-        reward = np.full((10, 4), 0.3)
+        reward = np.full((10, 3), 0.3)  # the default mix: code, countdown, table_qa
         multis.append(load_run(write_run(tmp_path / f"m{seed}", seed=seed, steps=10,
                                          arrays={"reward": reward})))  # fmt: skip
         singles.append(load_run(write_run(

@@ -174,10 +174,11 @@ def test_evaluation_schedule_outcomes_and_dedicated_measurement(model_dir, tmp_p
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
     assert sorted({e["step"] for e in evals}) == [0, 2, 4]
-    for e in evals:  # the per-prompt outcomes are the logged accuracy
+    for e in evals:  # the per-prompt outcomes (correct of k samples) are the logged accuracy
         rec = next(r for r in records if r["step"] == e["step"])
-        correct = [int(c) for c in e["correct"]]
-        assert len(correct) == 4 and rec[M.eval_key(e["task"])] == sum(correct) / len(correct)
+        correct, k = [int(c) for c in e["correct"]], e["samples"]
+        assert k == cfg.eval.samples and all(0 <= c <= k for c in correct)
+        assert len(correct) == 4 and rec[M.eval_key(e["task"])] == sum(correct) / (4 * k)
     measured = [r for r in records if M.grad_key("measure_full", "left", "sqnorm_unbiased") in r]
     assert [r["step"] for r in measured] == [1, 3]
     for r in records:

@@ -442,3 +442,14 @@ def test_a_sampling_strategy_is_refused(model_dir, tmp_path):
     )  # fmt: skip
     with pytest.raises(UnsupportedSetting, match="grad_proportional sets the next batch"):
         trainer.train()
+
+
+def test_a_strategy_that_reads_the_objective_scale_is_refused(model_dir, tmp_path):
+    """FAMO reads kappa_k, which the loop derives from its own loss normalisers (batch.py)."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with pytest.raises(UnsupportedSetting, match="strategy='famo': it reads objective_scale"):
+        TaskGradGRPOTrainer(
+            model=model, reward_funcs=reward, args=grpo_args(tmp_path, steps=1),
+            train_dataset=dataset(), processing_class=load_tokenizer(str(model_dir)),
+            strategy="famo",
+        )  # fmt: skip

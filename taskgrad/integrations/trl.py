@@ -65,6 +65,7 @@ except ImportError as e:  # pragma: no cover - the extra is missing
 
 from taskgrad import metrics as M
 from taskgrad.balancing import STRATEGIES, Strategy
+from taskgrad.balancing.base import TaskWindow
 from taskgrad.config import BalanceConfig, Config, DiagnosticsConfig
 from taskgrad.diagnostics.gain import window_gains
 from taskgrad.diagnostics.gradient import (
@@ -156,6 +157,8 @@ class LoopState:
     groups: GroupGradients | None
     history: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     sampling: torch.Tensor | None = None  # set by sampling strategies, which are refused
+    # the last diagnostics.window steps' task statistics (train.task_window; not checkpointed)
+    windows: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,6 +173,8 @@ class Generation:
     stats: dict[str, torch.Tensor]  # rollout statistics, name -> [K]
     reward: float  # mean reward of the batch
     seconds: float  # generate, score and lay out
+    # this step's window statistics, made by its first balanced update (later ones reuse it)
+    task_window: TaskWindow | None = None
 
 
 @dataclass
@@ -245,6 +250,12 @@ class TaskGradGRPOTrainer(GRPOTrainer):
         unwrapped = self.accelerator.unwrap_model(self.model)
         check_buffer_fits(unwrapped, cfg, len(names), self.args.device, log.info)
         cls = STRATEGIES.get(strategy)
+        if "objective_scale" in cls.reads:
+            raise UnsupportedSetting(
+                f"taskgrad + TRL: unsupported strategy={strategy!r}: it reads objective_scale "
+                "(kappa_k, taskgrad.batch.objective_scale), which the integration does not derive "
+                "for TRL's loss types"
+            )
         options = parse_options(cls, cfg.balance.options, "balance.options", num_tasks=len(names))
         groups = GroupCaptures(unwrapped, scope, num_groups=2 * len(names))
         self.tg = LoopState(cfg, list(names), cls(len(names), options), groups)
@@ -384,7 +395,7 @@ class TaskGradGRPOTrainer(GRPOTrainer):
     def _tg_balance(self, window: Window, gen: Generation) -> None:
         """Gram -> strategy -> ``.grad`` = the weighted sum of the groups (taskgrad.train)."""
         start = time.perf_counter()
-        balanced = balance(self.tg, gen, gen.stats, gen.index)
+        balanced, gen.task_window = balance(self.tg, gen, gen.stats, gen.index, gen.task_window)
         if self.tg.sampling is not None:
             raise UnsupportedSetting(
                 f"balance.strategy={self.tg.cfg.balance.strategy} sets the next batch's task "
@@ -416,7 +427,7 @@ class TaskGradGRPOTrainer(GRPOTrainer):
         metrics[M.train_key("grad_norm")] = window.grad_norm
         metrics[M.train_key("lr")] = float(self._get_learning_rate())
         if window.balanced is not None:
-            metrics.update(balance_metrics(tasks, window.balanced))
+            metrics.update(balance_metrics(tasks, window.balanced, self.tg.groups))
             metrics.update(self._tg_gradient_metrics(window))
         s = self.tg.cfg.diagnostics.gain_window
         metrics.update(window_gains(self.tg.history, tasks, gen.index, s))
