@@ -79,16 +79,16 @@ def poisoned(monkeypatch, steps: set[int], task: int = 1) -> None:
     """Task ``task``'s rewards are NaN at the given training steps (its loss, then gradient)."""
     import taskgrad.train as loop
 
-    real, calls = loop.score, {"n": 0}
+    real, calls = loop.score_rows, {"n": 0}
 
-    def score(tasks, rollout):
-        rewards, metrics = real(tasks, rollout)
-        calls["n"] += 1  # score runs once per training step, in order
+    def score_rows(tasks, rollout):
+        rewards, components = real(tasks, rollout)
+        calls["n"] += 1  # scoring runs once per training step, in order
         if calls["n"] in steps:
             rewards[rollout.task_index == task] = math.nan
-        return rewards, metrics
+        return rewards, components
 
-    monkeypatch.setattr(loop, "score", score)
+    monkeypatch.setattr(loop, "score_rows", score_rows)
 
 
 @pytest.mark.slow
