@@ -20,6 +20,8 @@ import os
 import random
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -87,14 +89,20 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerBase, cfg: TinyModelConfig, s
 
 
 def warm_start(
-    model, tokenizer, tasks: list[Task], cfg: TinyModelConfig, max_tokens: int = 512
+    model,
+    tokenizer,
+    tasks: list[Task],
+    cfg: TinyModelConfig,
+    max_tokens: int = 512,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Supervised warm start: next-token loss on ``prompt demonstration</s>``, answer tokens only.
 
     Returns the final loss. Demonstrations are drawn from the tasks' training distributions,
     equally from every task, and never from either held-out set (test or tune): the cached
     model is shared by test runs and by the tuning runs of a comparison. Prompts and
-    demonstrations keep their first ``max_tokens`` tokens.
+    demonstrations keep their first ``max_tokens`` tokens. ``log`` gets a progress line at every
+    tenth of the steps (step, loss, elapsed seconds).
     """
     avoid = [task.held_out_prompts() for task in tasks]
     rng = random.Random(cfg.warmstart_seed)
@@ -105,7 +113,8 @@ def warm_start(
     )
     model.train()
     loss = torch.tensor(0.0)
-    for _ in range(cfg.warmstart_steps):
+    every, started = max(1, cfg.warmstart_steps // 10), time.perf_counter()
+    for step in range(cfg.warmstart_steps):
         prompts, targets = [], []
         for i in range(cfg.warmstart_batch):
             task = tasks[i % len(tasks)]
@@ -124,6 +133,9 @@ def warm_start(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        if log is not None and ((step + 1) % every == 0 or step + 1 == cfg.warmstart_steps):
+            log(f"  warm start {step + 1}/{cfg.warmstart_steps}: loss {loss.item():.3f}, "
+                f"{time.perf_counter() - started:.0f} s")  # fmt: skip
     model.eval()
     return {"warmstart/final_loss": loss.item()}
 
@@ -232,8 +244,9 @@ def ensure_tiny_model(
     quiet_transformers()
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, cfg.tiny, seed=cfg.tiny.warmstart_seed)
+    started = time.perf_counter()
     with torch.device("cpu"):
-        metrics = warm_start(model, tokenizer, tasks, cfg.tiny, cfg.max_prompt_tokens)
+        metrics = warm_start(model, tokenizer, tasks, cfg.tiny, cfg.max_prompt_tokens, log=log)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{key}-"))
     model.save_pretrained(tmp)
@@ -244,6 +257,9 @@ def ensure_tiny_model(
         tmp.rename(path)
     except OSError:  # another process built it meanwhile
         shutil.rmtree(tmp, ignore_errors=True)
+    # benchmarks/default_run.py reads this line
+    log(f"tiny model: built in {time.perf_counter() - started:.1f} s (final warm-start loss "
+        f"{metrics['warmstart/final_loss']:.3f})")  # fmt: skip
     return path
 
 
