@@ -219,7 +219,16 @@ def check_device(cfg: Config) -> None:
 
 
 def check_tasks(tasks: list[Task]) -> None:
-    """Every task needs a held-out prompt (evaluation, probes) and one to train on."""
+    """Every task needs a held-out prompt (evaluation, probes) and one to train on; a task whose
+    reward runs model output needs the sandbox's isolation (or the explicit unsafe opt-in),
+    checked here rather than at the first reward."""
+    if any(task.runs_code for task in tasks):
+        from taskgrad.tasks.sandbox import check_available
+
+        try:
+            check_available()
+        except RuntimeError as e:
+            raise ConfigError(str(e).splitlines()[0]) from None
     for i, task in enumerate(tasks):
         if not task.eval_set():
             raise ConfigError(

@@ -265,6 +265,28 @@ def test_refuses_without_kernel_isolation(
         Code().rewards([sample], ["x*3+1"])
 
 
+def test_training_with_code_tasks_refuses_at_startup_leaving_nothing(
+    fresh_mode: None, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """The check runs in setup, before any model is built or the run directory is written;
+    a mix without code-running tasks does not need the sandbox."""
+    from taskgrad.config import ConfigError, load_config
+    from taskgrad.tasks import build_tasks
+    from taskgrad.trainer import check_tasks, setup
+
+    monkeypatch.delenv(isolation.UNSAFE_ENV, raising=False)
+    monkeypatch.setattr(sandbox, "_isolation_probe", lambda: "unshare(CLONE_NEWUSER): denied")
+    cfg = load_config(None, ["tasks=code,countdown", "progress=false"])
+    with pytest.raises(ConfigError, match=r"code sandbox unavailable.*denied"):
+        setup(cfg, tmp_path / "run", resume=False)
+    assert not (tmp_path / "run").exists()
+    check_tasks(build_tasks(load_config(None, ["tasks=countdown"]).tasks, eval_size=8, seed=0))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "p", "answer": "1", "tests": [{"input": [1], "output": 1}]}\n')
+    spec = f"tasks=[{{name: mine, type: dataset, options: {{path: '{rows}', reward: code}}}}]"
+    assert build_tasks(load_config(None, [spec]).tasks, eval_size=1, seed=0)[0].runs_code
+
+
 def test_bad_opt_in_value_is_one_clear_line(
     fresh_mode: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -55,6 +55,11 @@ class Task(ABC):
     # control whose reward ignores it (distractor); the property tests read this
     verifiable: ClassVar[bool] = True
 
+    @property
+    def runs_code(self) -> bool:
+        """Whether its reward runs model output in the sandbox (checked at startup)."""
+        return False
+
     def __init__(
         self,
         options: Any = None,

@@ -51,6 +51,7 @@ class Code(Task):
     """Prompt ``"f(x): mul 3 add 1; f(2)=7:"``, answer ``"x*3+1"``."""
 
     name = "code"
+    runs_code = True  # type: ignore[assignment]
 
     @dataclass
     class Options:

@@ -84,6 +84,10 @@ class Dataset(Task):
                 self.timeout_s > 0 and self.workers >= 1, f"{where}.timeout_s", "> 0 (workers >= 1)"
             )
 
+    @property
+    def runs_code(self) -> bool:
+        return self.options.reward == "code"
+
     def __init__(self, options: Any = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         o = self.options
