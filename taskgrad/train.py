@@ -24,8 +24,10 @@ import math
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -452,9 +454,11 @@ def skip_update(trainer: Trainer, step: int, inner: int, fault: Fault) -> dict[s
     trainer.optimizer.zero_grad(set_to_none=True)
     for _ in range(trainer.cfg.grpo.inner_updates - inner):  # the schedule follows the step
         trainer.scheduler.step()
+    trainer.engine_stale = True  # the engine may have slept (vLLM): it gets the weights again
     row = trainer.skipped + 1
-    warn(f"step {step} skipped: {fault.describe()} ({row} in a row; the run stops at "
-         f"{trainer.cfg.optim.max_skipped_steps})")  # fmt: skip
+    if trainer.parallel.is_main:
+        warn(f"step {step} skipped: {fault.describe()} ({row} in a row; the run stops at "
+             f"{trainer.cfg.optim.max_skipped_steps})")  # fmt: skip
     return fault.metrics()
 
 
@@ -733,8 +737,7 @@ def train_loop(trainer: Trainer) -> Path:
                 save_checkpoint(trainer, step)
                 last_checkpoint = time.monotonic()
             progress.update(bar, advance=1, info=progress_info(trainer, metrics))
-    run.finish(trainer.task_names)
-    trainer.parallel.barrier()
+    on_main(trainer, lambda: run.finish(trainer.task_names))
     trainer.engine.close()
     return run.path
 
@@ -744,10 +747,25 @@ def save_checkpoint(trainer: Trainer, step: int) -> None:
     gathers the shards) and rank 0 writes."""
     state = trainer.state_dict()
     weights = trainer.parallel.savable(trainer.policy)
-    trainer.run.save_checkpoint(
+    on_main(trainer, lambda: trainer.run.save_checkpoint(
         step, weights, trainer.tokenizer, state, keep=trainer.cfg.keep_checkpoints
-    )
-    trainer.parallel.barrier()
+    ))  # fmt: skip
+
+
+def on_main(trainer: Trainer, write: Callable[[], Any]) -> None:
+    """``write()`` on rank 0 (the run directory's writer); its error, if any, raised on every
+    rank (a plain barrier would leave the others waiting without knowing why)."""
+    error = None
+    if trainer.parallel.is_main:
+        try:
+            write()
+        except Exception as e:
+            if not trainer.parallel.active:
+                raise
+            error = e
+    error = trainer.parallel.broadcast(error)
+    if error is not None:
+        raise error
 
 
 def progress_info(trainer: Trainer, metrics: dict[str, float]) -> str:

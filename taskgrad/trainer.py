@@ -240,6 +240,42 @@ def check_tasks(tasks: list[Task]) -> None:
 def _build(
     cfg: Config, accelerator: Any, parallel: Parallel, run: RunDir | None, path: Path, resume: bool
 ) -> Trainer:
+    error, trainer, ckpt, versions = None, None, None, {}
+    try:
+        trainer, ckpt, versions = _build_trainer(cfg, accelerator, parallel, run, path, resume)
+    except Exception as e:  # every rank must stop: a rank's failure is named on every rank
+        if not parallel.active:
+            raise
+        error = e
+    if parallel.active:
+        failed = parallel.first(f"rank {parallel.rank}: {error}" if error is not None else None)
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise RuntimeError(f"setup failed on another process ({failed})")
+    # Everything that can fail has been built: now rank 0 writes the run directory.
+    state_step = trainer.step if ckpt is not None else None
+    error = None
+    if parallel.is_main:
+        try:
+            trainer.run = open_run(cfg, run, path, state_step, versions)
+        except Exception as e:
+            if not parallel.active:
+                raise
+            error = e
+    error = parallel.broadcast(error)
+    if error is not None:
+        raise error
+    if ckpt is not None and parallel.is_main:
+        note(f"resuming {path} from {ckpt.name}")
+    return trainer
+
+
+def _build_trainer(
+    cfg: Config, accelerator: Any, parallel: Parallel, run: RunDir | None, path: Path, resume: bool
+) -> tuple[Trainer, Path | None, dict[str, Any]]:
+    """Tasks, policy, optimizer, buffers, strategy, engine and the restored state; nothing
+    written."""
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
@@ -290,18 +326,8 @@ def _build(
     state = None
     if ckpt is not None:
         state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
-    # Everything that can fail has been built: now rank 0 writes the run directory.
-    error = None
-    if parallel.is_main:
-        try:
-            run = open_run(cfg, run, path, state is not None, versions)
-        except Exception as e:  # every rank must stop, with rank 0's error
-            error = e
-    error = parallel.broadcast(error)
-    if error is not None:
-        raise error
     trainer = Trainer(
-        cfg=cfg, run=run if parallel.is_main else NullRun(path), accelerator=accelerator,
+        cfg=cfg, run=NullRun(path), accelerator=accelerator,
         model=model, tokenizer=tokenizer, ref_model=ref_model, tasks=tasks, optimizer=optimizer,
         scheduler=scheduler, groups=groups, strategy=cls(len(tasks), options), prober=None,
         momentum=momentum, parallel=parallel, engine=engine, engine_stale=engine.needs_push,
@@ -313,10 +339,7 @@ def _build(
     )  # fmt: skip
     if state is not None:
         trainer.load_state_dict(state)
-        trainer.run.mark_resume(trainer.step)
-        if parallel.is_main:
-            note(f"resuming {path} from {ckpt.name}")
-    return trainer
+    return trainer, ckpt, versions
 
 
 def launch(cfg: Config) -> tuple[Any, Parallel]:
@@ -380,10 +403,11 @@ def check_extras(cfg: Config) -> None:
 
 
 def open_run(
-    cfg: Config, run: RunDir | None, path: Path, resuming: bool, versions: dict[str, Any]
+    cfg: Config, run: RunDir | None, path: Path, resumed_at: int | None, versions: dict[str, Any]
 ) -> RunDir:
     """Rank 0's run directory once everything is built: a fresh one created (removed again if
-    writing versions.json fails); a resume without a complete checkpoint started over in place."""
+    writing versions.json fails); a resume from the checkpoint of step ``resumed_at`` marked in
+    its records; a resume without a complete checkpoint started over in place."""
     if run is None:
         run = RunDir.create(cfg, path)
         try:
@@ -391,7 +415,9 @@ def open_run(
         except BaseException:
             run.discard()
             raise
-    elif not resuming:
+    elif resumed_at is not None:
+        run.mark_resume(resumed_at)
+    else:
         moved = run.restart()
         aside = f"; its partial metrics moved to {moved.name}" if moved else ""
         note(f"{path} has no complete checkpoint: starting it over from step 0{aside}")
