@@ -330,3 +330,15 @@ def test_one_seed_compares_without_intervals(tmp_path):
     cells = contrast_row(table, f"Differences: {ENDPOINTS[0]}", "equal_norm", "uniform")
     assert cells[2:] == ["3.0", "-", "-", "-", "-", "-", "undetermined (within MDE)"]
     assert "no residual degrees of freedom (one seed)" in table
+
+
+def test_the_baseline_alone_is_reported_without_differences(tmp_path):
+    """Stage 0 runs `compare --strategies uniform --gap` before any other arm exists: the table
+    of the baseline is written and the contrast families are empty, not an error."""
+    runs = tmp_path / "out" / "runs"
+    for seed in (0, 1):
+        planted(runs / f"uniform-s{seed}", "uniform", seed, 0.0)
+    out = compare(["uniform"], seeds=2, out=tmp_path / "out",
+                  overrides=[f"steps={STEPS}", "eval.every=5"])  # fmt: skip
+    table = (out / "compare.md").read_text()
+    assert "| uniform |" in table

@@ -330,7 +330,8 @@ def contrast_family(
     fit = fit_blocks(table)
     pairs = [(a, b) for a, b in pairs if a in fit.strategies and b in fit.strategies]
     est = np.array([fit.contrast(a, b)[0] for a, b in pairs])
-    vectors = np.array([fit.vector(a, b) for a, b in pairs]).reshape(len(pairs), -1)
+    width = fit.cov_unscaled.shape[0]  # no pairs (one strategy: stage 0 alone) is an empty family
+    vectors = np.array([fit.vector(a, b) for a, b in pairs]).reshape(len(pairs), width)
     cov = vectors @ fit.cov_unscaled @ vectors.T  # [m, m], unscaled
     sd = np.sqrt(np.diag(cov))
     corr = cov / np.outer(sd, sd) if len(pairs) else cov
