@@ -204,6 +204,20 @@ def test_concurrent_sandboxes_run_under_distinct_unprivileged_uids() -> None:
     uids: set[int] = set()
     done = threading.Event()
 
+    me = os.getpid()
+
+    def status(pid: str) -> dict[str, str]:
+        with open(f"/proc/{pid}/status") as fh:
+            return dict(line.split(":", 1) for line in fh if ":" in line)
+
+    def ours(pid: str) -> bool:
+        """A descendant of this process (other sandboxes may run on the machine meanwhile)."""
+        for _ in range(4):  # launcher -> supervisor -> worker
+            pid = status(pid)["PPid"].strip()
+            if int(pid) == me:
+                return True
+        return False
+
     def watch() -> None:
         while not done.is_set():
             for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -211,9 +225,9 @@ def test_concurrent_sandboxes_run_under_distinct_unprivileged_uids() -> None:
                     with open(f"/proc/{pid}/cmdline", "rb") as fh:
                         if b"sandbox_runner.py" not in fh.read():
                             continue
-                    with open(f"/proc/{pid}/status") as fh:
-                        uids.add(int(next(x for x in fh if x.startswith("Uid:")).split()[1]))
-                except (OSError, StopIteration):
+                    if ours(pid):
+                        uids.add(int(status(pid)["Uid"].split()[0]))
+                except (OSError, KeyError, ValueError):
                     continue
             time.sleep(0.05)
 
