@@ -342,3 +342,12 @@ def test_the_baseline_alone_is_reported_without_differences(tmp_path):
                   overrides=[f"steps={STEPS}", "eval.every=5"])  # fmt: skip
     table = (out / "compare.md").read_text()
     assert "| uniform |" in table
+
+
+def test_gap_sentence_by_hand():
+    from taskgrad.analysis.compare import gap_text
+
+    assert "no interference gap" in gap_text(0.0, -0.01)
+    text = gap_text(0.03, 0.04)  # 3 and 4 points of room: +4.5 is 1.5x, +16 is 4.0x
+    assert "gain 3.0 points more" in text and "1.5x that room and 4.0x that room" in text
+    assert "beyond a room of 0" in gap_text(0.02, 0.0)

@@ -647,7 +647,6 @@ def gap_sentence(
 ) -> str:
     """Train the single-task runs, write gap.md, and say what the aims are relative to it."""
     from taskgrad.analysis import interference as I
-    from taskgrad.analysis.compare_report import AIM_MEAN, AIM_WORST
 
     model = I.initial_model(preset, overrides)
     paths = run_all(I.single_task_plan(preset, seeds, overrides, model), out / "single", jobs)
@@ -655,16 +654,27 @@ def gap_sentence(
     found = I.gaps([load_run(p) for p in paths], multis)
     out.mkdir(parents=True, exist_ok=True)
     I.write_gap(out, found)
-    mean_room, worst_room = I.room(found)
+    return gap_text(*I.room(found))
+
+
+def gap_text(mean_room: float, worst_room: float) -> str:
+    """The intro's sentence on the stage 0 room (shares, not points)."""
+    from taskgrad.analysis.compare_report import AIM_MEAN, AIM_WORST
+
+    aims = f"the aims (+{100 * AIM_MEAN:g} mean, +{100 * AIM_WORST:g} worst-task points)"
+    if mean_room <= 0 and worst_room <= 0:
+        return (
+            "Stage 0 (gap.md): no task ends higher trained alone than in the uniform mix, so "
+            f"there is no interference gap for a reweighting to close; {aims} are absolute only."
+        )
 
     def times(aim: float, room: float) -> str:
-        return f"{aim / room:.1f}x" if room > 0 else "more than"
+        return f"{aim / room:.1f}x that room" if room > 0 else "beyond a room of 0"
 
     return (
         f"Stage 0 (gap.md): trained alone, the tasks gain {100 * mean_room:.1f} points more on "
-        f"average than in the uniform mix, the worst task {100 * worst_room:.1f}; the aims "
-        f"(+{100 * AIM_MEAN:g} mean, +{100 * AIM_WORST:g} worst-task points) are "
-        f"{times(AIM_MEAN, mean_room)} and {times(AIM_WORST, worst_room)} that room."
+        f"average than in the uniform mix, the worst task {100 * worst_room:.1f}; {aims} are "
+        f"{times(AIM_MEAN, mean_room)} and {times(AIM_WORST, worst_room)}."
     )
 
 
