@@ -64,7 +64,15 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _launch(nproc: int, argv: list[str]) -> int:
     """``taskgrad train --nproc N ...``: the same command in N processes on this machine, through
-    ``torch.distributed.run`` (several machines: torchrun or accelerate launch, docs/scale.md)."""
+    ``torch.distributed.run`` (several machines: torchrun or accelerate launch, docs/scale.md).
+
+    The launcher runs in its own process group, so that Ctrl-C reaches this process alone, which
+    passes exactly one SIGINT on to it (a later Ctrl-C, SIGTERM or SIGHUP passes SIGTERM): the
+    launcher then stops its workers and waits for them (taskgrad/torchrun.py), and this process
+    waits for the launcher. Nothing is killed outright here, so no worker is left running and the
+    one line of the interrupt is rank 0's (the step and the resume command).
+    """
+    import signal
     import subprocess
 
     rest, skip = [], False
@@ -75,9 +83,28 @@ def _launch(nproc: int, argv: list[str]) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             rest.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    cmd = [sys.executable, "-m", "taskgrad.torchrun", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "taskgrad.cli", *rest]  # fmt: skip
-    return subprocess.call(cmd)
+    launched: list[subprocess.Popen] = []
+    signals: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        signals.append(signum)
+        if launched and launched[0].poll() is None:
+            first_interrupt = signals == [signal.SIGINT]
+            launched[0].send_signal(signal.SIGINT if first_interrupt else signal.SIGTERM)
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, forward) for s in handled}
+    try:
+        launched.append(subprocess.Popen(cmd, process_group=0))
+        if signals:  # interrupted while it started
+            launched[0].send_signal(signal.SIGINT)
+        code = launched[0].wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 128 + signals[0] if signals and code != 0 else code
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -196,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="taskgrad", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="run multi-task GRPO (default: the 4-task CPU job)")
+    p_train = sub.add_parser("train", help="run multi-task GRPO (default: the 3-task CPU job)")
     p_train.add_argument(
         "overrides", nargs="*",
         help=f"key=value overrides, e.g. optim.lr=1e-4 tasks=arithmetic,code; preset=NAME "
@@ -229,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         code, message = user_error(e, args.command)
         if code is None or os.environ.get("TASKGRAD_TRACEBACK"):
             raise
+        if code == 130 and int(os.environ.get("RANK", "0")) != 0:
+            return code  # one line per interrupt: rank 0's
         print(f"error: {message}".splitlines()[0], file=sys.stderr)
         return code
 

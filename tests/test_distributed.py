@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,45 @@ def test_resume_of_a_two_process_run(mode, model_dir, tmp_path):
                 assert b[key] is None, key
             else:
                 assert b[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (a["step"], key)
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of the live processes that contain ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # it ended meanwhile
+            continue
+        if text in line:
+            found.append(line)
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_nproc(model_dir, tmp_path):
+    """Ctrl-C to ``taskgrad train --nproc 2`` (SIGINT to the command alone, as a terminal sends it
+    to its foreground group) stops the run at a step boundary: exit status 130, rank 0's one line
+    naming the step and the resume command, no worker left running, the lock released. The
+    launcher used to be killed outright (``subprocess.call``), which orphaned the workers and
+    printed "interrupted before training started"."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    args = [f"model={model_dir}", *COMMON, "eval.every=0", "diagnostics.probe_every=0",
+            "steps=2000", "checkpoint_every=1", "--run-dir", str(run)]  # fmt: skip
+    cmd = [sys.executable, "-m", "taskgrad.cli", "train", "--nproc", "2", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=ROOT)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "step_000002").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted at step "), err
+    assert f"resume with taskgrad train --resume {run}" in lines[0]
+    time.sleep(1)
+    assert _processes_naming(str(run)) == []
+    assert not (run / "lock").exists()
