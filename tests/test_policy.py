@@ -67,6 +67,30 @@ def test_tiny_model_is_cached_by_recipe(tmp_path):
     assert ensure_tiny_model(cfg, specs, tasks, log=lambda *_: None) != first  # recipe changed
 
 
+def test_the_recipe_alone_decides_the_tiny_model(tmp_path):
+    """The warm start runs on one torch thread whatever the caller's setting (and restores it):
+    with several threads, CPU reductions add in another order and the same recipe gave another
+    model (final warm-start loss 0.225 instead of 0.255 for the default recipe with 2 threads)."""
+    from safetensors.torch import load_file
+
+    specs = [TaskSpec("arithmetic"), TaskSpec("table_qa")]
+    tasks = build_tasks(specs, eval_size=4, seed=0)
+    tiny = TinyModelConfig(warmstart_steps=3)  # the default width: threads split its matmuls
+    weights, before = {}, torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            cfg = ModelConfig(cache_dir=str(tmp_path / f"threads{threads}"), tiny=tiny)
+            path = ensure_tiny_model(cfg, specs, tasks, log=lambda *_: None)
+            assert torch.get_num_threads() == threads
+            weights[threads] = load_file(path / "model.safetensors")
+    finally:
+        torch.set_num_threads(before)
+    assert weights[1].keys() == weights[2].keys()
+    for name, tensor in weights[1].items():
+        assert torch.equal(tensor, weights[2][name]), name
+
+
 def test_warm_start_never_sees_a_held_out_prompt_of_either_split(tmp_path, monkeypatch):
     """The cached model is shared by test runs and tuning runs: its demonstrations avoid the
     test and the tune set, whichever split built it; weights and loss scales do not change it,
