@@ -182,13 +182,16 @@ def fig_imbalance(by: Runs, baseline: str) -> F.Fig | None:
     for i, name in enumerate(names):
         v = np.array(values[name], dtype=float)
         ax.plot([i] * len(v), v, "o", color="#555555", ms=5)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    counts = [f"{n} ({np.isfinite(values[n]).sum()}/{len(values[n])})" for n in names]
+    ax.set_xticks(range(len(names)), counts, rotation=45, ha="right")
     F.set_log(ax)
     F.labels(ax, "", "imbalance (max / min pooled unbiased sq. norm)", "gradient imbalance per run")
     fig.suptitle("Gradient imbalance between tasks under each strategy", fontsize=12)
     caption = (
         "Per strategy, one point per seed: the run's pooled imbalance, the largest over the "
         "smallest sum over all measured steps of the unbiased squared gradient norm (raw task "
-        "gradients, before the strategy's weights), among the tasks with detectable signal."
+        "gradients, before the strategy's weights), among the tasks with detectable signal in "
+        "that run. (n/N): the runs where at least two tasks had detectable signal, the only ones "
+        "drawn; the strategies table pools the seeds instead."
     )
     return F.Fig("compare-imbalance", fig, caption)
