@@ -233,7 +233,8 @@ class Imbalance:
 
         if not math.isfinite(self.ratio):
             return "undefined (fewer than two tasks with detectable gradient signal)"
-        out = f"{times(self.ratio)} [{times(self.lo)}, {times(self.hi)}]"
+        hi = "unbounded" if self.hi == math.inf else times(self.hi)  # a draw lost a task's signal
+        out = f"{times(self.ratio)} [{times(self.lo)}, {hi}]"
         if self.excluded:
             out += f"; no detectable signal: {', '.join(self.excluded)}"
         return out
