@@ -362,3 +362,39 @@ def test_the_table_pools_the_imbalance_over_seeds(tmp_path):
     text = strategy_imbalance(runs)["uniform"]
     assert text.split(" ")[0] == f"{pooled.max() / pooled.min():.1f}×", text
     assert "no detectable signal" not in text, text
+
+
+def test_a_distractor_counts_in_no_endpoint(tmp_path):
+    """A task with ``scored: false`` (the stage 1 distractor) is trained and evaluated but is in
+    no accuracy endpoint: the final mean is over the scored tasks, and the prompt bootstrap reads
+    their outcomes only (it stopped with a KeyError on the distractor's)."""
+    tasks = ("tasks=[{name: code}, {name: countdown}, {name: table_qa}, "
+             "{name: distractor, scored: false}]")  # fmt: skip
+    overrides = [tasks, f"steps={STEPS}", "eval.every=5"]
+    runs = tmp_path / "out" / "runs"
+    weights = {"uniform": (), "static": ("balance.options.weights=[1, 1, 1, 0]",)}
+    for name, lift in (("uniform", 0.0), ("static", 0.05)):
+        for seed in range(3):
+            rewards = np.repeat(np.linspace(0.3, 0.6, STEPS)[:, None], 4, axis=1)
+            rewards[:, :3] += lift + 0.01 * seed
+            rewards[:, 3] = 0.95  # the distractor's accuracy would lift the mean if it counted
+            mine = (f"balance.strategy={name}", *weights[name], tasks, "eval.every=5")
+            path = write_run(runs / f"{name}-s{seed}", seed=seed, steps=STEPS, overrides=mine,
+                             arrays={"reward": rewards})  # fmt: skip
+            run = load_run(path)
+            lines = [
+                json.dumps({"step": int(step), "task": task, "correct": "".join(
+                    "1" if i < round(acc * PROMPTS) else "0" for i in range(PROMPTS))})
+                for step, row in run.task_frame("eval/{task}/accuracy", steps="all").dropna()
+                .iterrows() for task, acc in row.items()
+            ]  # fmt: skip
+            (path / "evals.jsonl").write_text("\n".join(lines) + "\n")
+    out = compare(["uniform", "static"], seeds=3, out=tmp_path / "out", overrides=overrides,
+                  static_weights=[1, 1, 1, 0])  # fmt: skip
+    table = (out / "compare.md").read_text()
+    uniform = next(ln for ln in table.splitlines() if ln.startswith("| uniform | 3 |"))
+    # held-out accuracy = final reward - .1 (synthetic_runs): .5 + .01 x seed on the scored
+    # tasks, 51.0 over seeds 0-2; (3 x 51.0 + 85) / 4 = 59.5 if the distractor counted
+    assert uniform.split("|")[3].strip().startswith("51.0 "), uniform
+    boot = contrast_row(table, "Held-out prompts and seeds", "static", "uniform")
+    assert boot is not None and float(boot[3]) == pytest.approx(5.0, abs=0.051), table

@@ -438,14 +438,14 @@ def family_rows(fam: Family) -> list[list[str]]:
 def final_outcomes(run: Run) -> dict[str, np.ndarray] | None:
     """Task -> per-prompt outcomes of the last evaluation (evals.jsonl), or None when the run has
     none there or they disagree with its logged accuracy (another evaluation's outcomes)."""
-    step = int(run.heldout().index[-1])
+    step, scored = int(run.heldout().index[-1]), run.scored_tasks
     at = run.outcomes().get(step, {})
-    if set(at) != set(run.tasks):
+    if not set(scored) <= set(at):
         return None
     logged = run.heldout().iloc[-1]
-    if any(abs(float(at[t].mean()) - float(logged[t])) > 1e-6 for t in run.tasks):
+    if any(abs(float(at[t].mean()) - float(logged[t])) > 1e-6 for t in scored):
         return None
-    return at
+    return {t: at[t] for t in scored}  # a distractor's outcomes are noise, not an endpoint
 
 
 def bootstraps(
@@ -469,7 +469,7 @@ def bootstraps(
         if not seeds:
             continue
         stack = {
-            name: {t: np.stack([outcomes[name][s][t] for s in seeds]) for t in runs[0].tasks}
+            name: {t: np.stack([outcomes[name][s][t] for s in seeds]) for t in runs[0].scored_tasks}
             for name in (a, b)
         }
         try:
@@ -762,7 +762,7 @@ def write_report(
     task_rows = []
     for name, rs in by.items():
         finals = [r.heldout().iloc[-1] for r in rs]
-        for task in rs[0].tasks:
+        for task in rs[0].scored_tasks:
             task_rows.append([name, task, _fmt(*mean_ci([f[task] for f in finals]))])
     doc.table(["strategy", "task", "final held-out accuracy [95% CI]"], task_rows)
     doc.heading("What the strategies did")

@@ -80,7 +80,7 @@ def fig_curves(by: Runs, baseline: str) -> F.Fig:
 
 def fig_tasks(by: Runs, baseline: str) -> F.Fig:
     names, colors = list(by), strategy_colors(list(by), baseline)
-    tasks = next(iter(by.values()))[0].tasks
+    tasks = next(iter(by.values()))[0].scored_tasks
     fig, axes = F.panels(len(tasks), width=4.6, height=3.4, max_cols=4)
     for ax, task in zip(axes, tasks, strict=True):
         for name in names:
