@@ -233,7 +233,9 @@ class Imbalance:
 
         if not math.isfinite(self.ratio):
             return "undefined (fewer than two tasks with detectable gradient signal)"
-        hi = "unbounded" if self.hi == math.inf else times(self.hi)  # a draw lost a task's signal
+        # not finite: draws in which a task's signal vanished (inf, or NaN where the percentile
+        # interpolates between two infinite draws)
+        hi = times(self.hi) if math.isfinite(self.hi) else "unbounded"
         out = f"{times(self.ratio)} [{times(self.lo)}, {hi}]"
         if self.excluded:
             out += f"; no detectable signal: {', '.join(self.excluded)}"
