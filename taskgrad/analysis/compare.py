@@ -355,18 +355,12 @@ def strategy_imbalance(runs: list[Run]) -> dict[str, str]:
         by.setdefault(run.config["balance"]["strategy"], []).append(run)
     out = {}
     for name, group in by.items():
-        measured = [r for r in group if _measures(r)]
-        if not measured:
+        windows = [W.configured_windows(r) for r in group if W.measures_gradients(r)]
+        if not windows:
             out[name] = "-"
             continue
-        windows = [W.run_windows(r, int(r.cfg("diagnostics.window", W.WINDOW) or W.WINDOW))
-                   for r in measured]  # fmt: skip
         out[name] = W.imbalance(windows, W.signal(windows)).text()
     return out
-
-
-def _measures(run: Run) -> bool:
-    return run.has(M.grad_key(W.scope_of(run), run.tasks[0], "sqnorm_unbiased"))
 
 
 def summary_rows(

@@ -265,11 +265,21 @@ def imbalance(windows: list[RunWindows], sig: Signal, n_boot: int = N_BOOT) -> I
     )  # fmt: skip
 
 
+def measures_gradients(run: Run) -> bool:
+    """Whether the run logged per-task unbiased squared norms (the window estimators' input)."""
+    return run.has(M.grad_key(scope_of(run), run.tasks[0], "sqnorm_unbiased"))
+
+
+def configured_windows(run: Run) -> RunWindows:
+    """The run's windows at its own ``diagnostics.window`` size."""
+    return run_windows(run, int(run.cfg("diagnostics.window", WINDOW) or WINDOW))
+
+
 def run_imbalance(run: Run) -> float:
     """The pooled window-estimator imbalance of one run (NaN when not measured or undefined)."""
-    if not run.has(M.grad_key(scope_of(run), run.tasks[0], "sqnorm_unbiased")):
+    if not measures_gradients(run):
         return math.nan
-    w = [run_windows(run, int(run.cfg("diagnostics.window", WINDOW) or WINDOW))]
+    w = [configured_windows(run)]
     ratio = ratio_of(pooled_u(w, identity(w)), signal(w, n_boot=200).detectable)
     return ratio if math.isfinite(ratio) else math.nan
 
