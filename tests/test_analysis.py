@@ -15,7 +15,7 @@ pytest.importorskip("statsmodels")
 from taskgrad.analysis import claims, explain, verdicts, windows
 from taskgrad.analysis.analyse import analyse
 from taskgrad.analysis.reproduce import plan
-from taskgrad.analysis.runs import group_runs, load_run
+from taskgrad.analysis.runs import eval_metric, group_runs, load_run
 from taskgrad.analysis.stats import seed_band, spearman
 from taskgrad.config import load_config, to_dict
 from tests.synthetic_runs import FOUR_TASKS, write_run
@@ -162,6 +162,36 @@ def test_gain_rules_on_planted_rankings(tmp_path):
     assert verdicts.rule_largest_lowest(aligned).outcome == verdicts.CONTRADICTED
 
 
+def test_rho_interval_is_a_t_interval_clipped_to_correlations():
+    # Hand-computed: mean 0.4, SD 0.2, t(0.975, 2) = 4.302653 -> half-width 0.496828.
+    m, lo, hi = verdicts.rho_interval(np.array([0.2, 0.4, 0.6]))
+    assert (m, lo, hi) == pytest.approx((0.4, 0.4 - 0.496828, 0.4 + 0.496828), abs=1e-6)
+    # Mean 1/3, SD 0.7638: the unclipped interval, [-1.56, 2.23], leaves [-1, 1].
+    assert verdicts.rho_interval(np.array([0.5, -0.5, 1.0]))[1:] == (-1.0, 1.0)
+    one = verdicts.rho_interval(np.array([0.5]))
+    assert one[0] == 0.5 and math.isnan(one[1]) and math.isnan(one[2])
+
+
+def test_accuracy_captions_name_the_evaluation(tmp_path):
+    greedy = load_run(write_run(tmp_path / "g", steps=4, overrides=("eval.samples=0",)))
+    sampled = load_run(write_run(tmp_path / "s", steps=4, overrides=("eval.samples=4",)))
+    assert eval_metric([greedy]) == "greedy" and eval_metric([sampled, sampled]) == "avg@4"
+    assert eval_metric([greedy, sampled]) == "greedy or avg@4 (differs between runs)"
+
+
+def test_undefined_verdict_numbers_are_named_not_printed_as_nan():
+    nan = math.nan
+    texts = [
+        verdicts.decide_explained(nan, nan, nan, ("reward",)).text,
+        verdicts.decide_explained(-167.3, nan, nan, ("reward",)).text,
+        verdicts.decide_explained(0.2, -3.0, 0.6, ("reward",)).text,
+        verdicts.ci_text(0.5, nan, nan),
+    ]
+    assert not any("nan" in t for t in texts), texts
+    assert "undefined" in texts[0] and "< -1 (no interval" in texts[1]
+    assert texts[2].endswith("0.20 [< -1, 0.60]") and texts[3] == "0.50 (no interval)"
+
+
 def test_planted_explanation_is_recovered(tmp_path):
     """reward drives u within and across tasks (explained ~ 1) vs an unrelated statistic."""
     paths = []
@@ -245,7 +275,7 @@ def test_claims_follow_their_rules(tmp_path):
     found = {c.key: c for c in claims.collect(items, sims=0)}
     assert sorted(found) == ["a", "b", "c", "d", "e", "f"]  # one mixture, one variant
     assert found["a"].verdict.outcome == "holds"  # 20x, a tight interval above 10
-    assert "constant: imbalance 20.1x vs 20.1x: ratio 1.00" in found["f"].verdict.text
+    assert "constant: imbalance 20.1× vs 20.1×: ratio 1.00" in found["f"].verdict.text
     # the synthetic response lengths rise with the tasks' rank, as u does: length "explains" it
     assert found["f"].verdict.outcome == "contradicted"
     outcomes = {"holds", "contradicted", "undetermined"}

@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 from taskgrad import metrics as M
 from taskgrad.analysis import figures as F
 from taskgrad.analysis.comparison import Family
-from taskgrad.analysis.runs import Run
+from taskgrad.analysis.runs import Run, eval_metric
 from taskgrad.analysis.stats import seed_band
 
 AIM_MEAN, AIM_WORST = 0.045, 0.16  # the comparison's aims, in accuracy (fraction)
@@ -69,8 +69,9 @@ def fig_curves(by: Runs, baseline: str) -> F.Fig:
             _curve(ax, frame, colors[name], _style(name, baseline), band=name == baseline)
         F.labels(ax, "step", f"{what} held-out accuracy (fraction)", f"{what} accuracy")
     _finish(fig, "Held-out accuracy over training, per strategy", names, colors, baseline)
+    metric = eval_metric([r for runs in by.values() for r in runs]).capitalize()
     caption = (
-        "Greedy accuracy on each task's fixed held-out set, averaged over tasks (left) or its "
+        f"{metric} accuracy on each task's fixed held-out set, averaged over tasks (left) or its "
         "minimum over tasks (right), at the evaluated steps (start, middle and end by default); "
         "mean over seeds. Band: "
         f"95% t-interval over seeds of the baseline ({baseline}); dashed: the tuned static mix."
@@ -88,7 +89,8 @@ def fig_tasks(by: Runs, baseline: str) -> F.Fig:
             _curve(ax, frame, colors[name], _style(name, baseline), band=False)
         F.labels(ax, "step", "held-out accuracy (fraction)", task)
     _finish(fig, "Held-out accuracy per task (mean over seeds)", names, colors, baseline)
-    caption = "Each task's greedy held-out accuracy over training, mean over seeds."
+    metric = eval_metric([r for runs in by.values() for r in runs])
+    caption = f"Each task's {metric} held-out accuracy over training, mean over seeds."
     return F.Fig("compare-tasks", fig, caption)
 
 

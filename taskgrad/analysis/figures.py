@@ -28,7 +28,7 @@ from matplotlib.patches import Patch
 from taskgrad import metrics as M
 from taskgrad.analysis import windows as W
 from taskgrad.analysis.analyse import GroupAnalysis
-from taskgrad.analysis.runs import Group
+from taskgrad.analysis.runs import Group, eval_metric
 from taskgrad.analysis.stats import ema, mean_ci, seed_band, smoothing_span
 
 # The paper's colours for its tasks, given to our procedural analogues (Code, Countdown,
@@ -302,9 +302,10 @@ def fig_heldout(items: list[GroupAnalysis], pal: Palette) -> Fig | None:
             probe_panel(axes[1][col], g, pal)
     extra = [Line2D([], [], color="black", ls="--", label="mean over tasks")]
     finish(fig, "Held-out accuracy and paired probe gains", pal.handles(all_tasks(items)) + extra)
+    metric = eval_metric([r for a in items for r in a.group.runs])
     caption = (
-        "Top: greedy accuracy on each task's fixed held-out set (eval.size prompts) at step 0 and "
-        "every eval.every steps; band: 95% t-interval over seeds. "
+        f"Top: {metric} accuracy on each task's fixed held-out set (eval.size prompts) at step 0 "
+        "and every eval.every steps; band: 95% t-interval over seeds. "
         + (
             "Bottom: paired probe gain since the previous probe (same prompts and sampling seeds); "
             "error bars: the logged 95% interval (one seed) or the t-interval over seeds."
@@ -480,8 +481,9 @@ def fig_accuracy_compare(items: list[GroupAnalysis]) -> Fig | None:
     handles = [Patch(color=colors[i], label=a.label) for i, a in enumerate(items)]
     handles.append(Line2D([], [], color="black", marker="_", ls="", ms=8, label="at step 0"))
     finish(fig, "Held-out accuracy by configuration", handles, ncol=2)
+    metric = eval_metric([r for a in items for r in a.group.runs])
     caption = (
-        "Final greedy held-out accuracy per task and its mean over tasks; error bars: 95% "
+        f"Final {metric} held-out accuracy per task and its mean over tasks; error bars: 95% "
         "t-interval over seeds, or with one seed the binomial interval of the eval set; black "
         "ticks: accuracy at step 0."
     )

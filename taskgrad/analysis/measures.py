@@ -5,10 +5,11 @@ r"""Per-configuration measurements besides the gradient estimators: transfer and
 transfer          ``transfer/<j>__<k>``: probe gain on k from task j's part of one step, mean over
                   seeds, with the logged standard error (its median is the noise floor: entries
                   whose 95% interval holds 0 are below the probe's resolution)
-held-out accuracy ``eval/<k>/accuracy`` (greedy, the task's fixed held-out set, the same for every
-                  seed); the interval of a final accuracy is the t-interval over seeds, or with
-                  one seed the binomial normal approximation 1.96 sqrt(p (1 - p) / n) (for the
-                  task mean: 1.96 sqrt(sum_k p_k (1 - p_k) / n) / K)
+held-out accuracy ``eval/<k>/accuracy`` (greedy or avg@k by eval.samples, on the task's fixed
+                  held-out set, the same for every seed); the interval of a final accuracy is
+                  the t-interval over seeds, or with one seed the binomial normal approximation
+                  1.96 sqrt(p (1 - p) / n) (for the task mean: 1.96 sqrt(sum_k p_k (1 - p_k) / n)
+                  / K; conservative for avg@k, whose per-prompt outcomes vary less)
 """
 
 from __future__ import annotations

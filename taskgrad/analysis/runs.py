@@ -140,6 +140,13 @@ class Run:
         return frame[frame.index > 0] if steps == "train" else frame
 
 
+def eval_metric(runs: list[Run]) -> str:
+    """What "held-out accuracy" is in these runs, for captions: greedy or avg@k (eval.samples)."""
+    ks = sorted({int(r.cfg("eval.samples", 0) or 0) for r in runs})
+    names = ["greedy" if k == 0 else f"avg@{k}" for k in ks]
+    return names[0] if len(names) == 1 else " or ".join(names) + " (differs between runs)"
+
+
 def load_run(path: str | Path) -> Run:
     """Read a run directory; config.yaml and metrics.jsonl are required."""
     path = Path(path)

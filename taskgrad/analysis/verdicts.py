@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
+from taskgrad.analysis.stats import fmt, fmt_explained, times
 from taskgrad.analysis.windows import (
     N_BOOT,
     RunWindows,
@@ -175,20 +176,31 @@ def unit_rhos(units: Units) -> np.ndarray:
     return rho[np.isfinite(rho)]
 
 
-def mean_interval(values: np.ndarray, n_boot: int = 0, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and its 95% t-interval (the units are treated as independent; with few units a
-    percentile bootstrap is too narrow, and the planted-data tests measure the calibration)."""
+def rho_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean of rank correlations and its 95% t-interval, clipped to [-1, 1] where a mean of
+    correlations lies (every rule's thresholds are inside, so the clip changes no verdict). The
+    units are treated as independent; with few units a percentile bootstrap is too narrow, and
+    the planted-data tests measure the calibration. No interval below two units."""
     if values.size < 2:
         return (float(values.mean()) if values.size else math.nan), math.nan, math.nan
     m = float(values.mean())
     half = float(sps.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size))
-    return m, m - half, m + half
+    return m, max(m - half, -1.0), min(m + half, 1.0)
+
+
+def ci_text(value: float, lo: float, hi: float, fmt_one=fmt) -> str:
+    """'0.12 [-0.30, 0.54]'; 'n/a' or '0.12 (no interval)' where they are undefined."""
+    if not math.isfinite(value):
+        return "n/a"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{fmt_one(value)} (no interval)"
+    return f"{fmt_one(value)} [{fmt_one(lo)}, {fmt_one(hi)}]"
 
 
 def rule_rank(windows: list[RunWindows], n_boot: int = N_BOOT) -> Verdict:
     rhos = unit_rhos(gain_units(windows))
-    rho, lo, hi = mean_interval(rhos, n_boot, seed=4)
-    text = f"mean rho {rho:.2f} [{lo:.2f}, {hi:.2f}] over {rhos.size} units"
+    rho, lo, hi = rho_interval(rhos)
+    text = f"mean rho {ci_text(rho, lo, hi)} over {rhos.size} units"
     return Verdict.decide(rho, lo, hi, hi < RANK_MARGIN, lo > 0, text)
 
 
@@ -225,13 +237,13 @@ def advantage_rhos(windows: list[RunWindows]) -> tuple[np.ndarray, np.ndarray]:
 
 def rule_advantage(windows: list[RunWindows], n_boot: int = N_BOOT) -> Verdict:
     within, across = advantage_rhos(windows)
-    w, wlo, whi = mean_interval(within, n_boot, seed=5)
-    a, alo, ahi = mean_interval(across, n_boot, seed=6)
+    w, wlo, whi = rho_interval(within)
+    a, alo, ahi = rho_interval(across)
     part_w = Verdict.decide(w, wlo, whi, wlo > 0, whi < 0, "")
     part_a = Verdict.decide(a, alo, ahi, ahi < RANK_MARGIN, alo > 0, "")
     text = (
-        f"within rho {w:.2f} [{wlo:.2f}, {whi:.2f}] ({within.size} series); across rho "
-        f"{a:.2f} [{alo:.2f}, {ahi:.2f}] ({across.size} seeds)"
+        f"within rho {ci_text(w, wlo, whi)} ({within.size} series); across rho "
+        f"{ci_text(a, alo, ahi)} ({across.size} seeds)"
     )
     return Verdict(combine(part_w, part_a), w, wlo, whi, text)
 
@@ -344,7 +356,16 @@ def rule_explained(
 
 
 def decide_explained(e: float, lo: float, hi: float, names: tuple[str, ...]) -> Verdict:
-    text = f"imbalance explained by {', '.join(names)}: {e:.2f} [{lo:.2f}, {hi:.2f}]"
+    what = f"imbalance explained by {', '.join(names)}"
+    if not math.isfinite(e):
+        text = (
+            f"{what}: undefined (fewer than two tasks with a positive pooled squared norm, too "
+            "few windows, or a degenerate fit)"
+        )
+    elif not (math.isfinite(lo) and math.isfinite(hi)):
+        text = f"{what}: {fmt_explained(e)} (no interval: under half the replicates are defined)"
+    else:
+        text = f"{what}: {fmt_explained(e)} [{fmt_explained(lo)}, {fmt_explained(hi)}]"
     return Verdict.decide(e, lo, hi, hi < EXPLAINED_MARGIN, lo > EXPLAINED_MARGIN, text)
 
 
@@ -370,7 +391,10 @@ def imbalance_remains(
     with np.errstate(invalid="ignore", divide="ignore"):
         lo, hi = interval(ro / rb)
         point = r_o / r_b if math.isfinite(r_b) and r_b > 0 else math.nan
-    text = f"imbalance {r_o:.1f}x vs {r_b:.1f}x: ratio {point:.2f} [{lo:.2f}, {hi:.2f}]"
+    if keep.sum() < 2:
+        text = "imbalance undefined: fewer than two tasks with detectable signal under both"
+    else:
+        text = f"imbalance {times(r_o)} vs {times(r_b)}: ratio {ci_text(point, lo, hi)}"
     return Verdict.decide(point, lo, hi, lo >= REMAINS_MARGIN, hi < REMAINS_MARGIN, text)
 
 
