@@ -256,18 +256,33 @@ def main(argv: list[str] | None = None) -> int:
         code, message = user_error(e, args.command)
         if code is None or os.environ.get("TASKGRAD_TRACEBACK"):
             raise
-        if code == 130 and int(os.environ.get("RANK", "0")) != 0:
-            return code  # one line per interrupt: rank 0's
-        print(f"error: {message}".splitlines()[0], file=sys.stderr)
+        shared = code == 130 or agreed(e)  # every rank has it: rank 0 says it, in one line
+        if int(os.environ.get("RANK", "0")) == 0 or not shared:
+            print(f"error: {message}".splitlines()[0], file=sys.stderr, flush=True)
+        if agreed(e):
+            from taskgrad.distributed import settle
+
+            settle()
         return code
+
+
+def agreed(e: BaseException) -> bool:
+    """An error every rank raises (distributed.Parallel.agree); rank 0 speaks for them."""
+    from taskgrad.distributed import RankFailed
+
+    return isinstance(e, RankFailed)
 
 
 def user_error(e: BaseException, command: str) -> tuple[int | None, str]:
     """(exit status, one-line message) of an error a user can cause; (None, "") for a bug."""
     from taskgrad.analysis.reproduce import RunsFailed
+    from taskgrad.distributed import RankFailed
     from taskgrad.numerics import NonFiniteError
     from taskgrad.rundir import Interrupted, RunLocked, describe_os_error
 
+    if isinstance(e, RankFailed):  # one rank's error, raised on every rank
+        code, message = user_error(e.error, command)
+        return code, f"{'' if e.rank == 0 else f'rank {e.rank}: '}{message}"
     if isinstance(e, Interrupted):
         return 130, str(e)
     if isinstance(e, KeyboardInterrupt):

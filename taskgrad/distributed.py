@@ -106,6 +106,39 @@ def full_named_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.T
         yield name, full(p.detach())
 
 
+class RankFailed(Exception):
+    """A rank's error, raised on every rank (``Parallel.agree``): no rank goes on to a collective
+    that the failed one never reaches. ``error`` is the failed rank's exception (a stand-in
+    RuntimeError with its type and message if it cannot be pickled); the CLI prints it once, on
+    rank 0."""
+
+    def __init__(self, rank: int, error: BaseException) -> None:
+        where = "" if rank == 0 else f"rank {rank}: "
+        super().__init__(f"{where}{error}")
+        self.rank, self.error = rank, error
+
+
+def settle() -> None:
+    """After an agreed error (``RankFailed``), every rank waits here until rank 0 has printed it:
+    the launcher stops the other workers when the first one exits, which could otherwise stop
+    rank 0 before it speaks. The process group is sound (the error was agreed through it)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _portable(error: BaseException) -> BaseException:
+    """``error`` if it survives pickling (it is sent to the other ranks), else a stand-in."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
 @dataclass
 class Parallel:
     """Where this process stands in the launch, and the collectives the loop needs (no-ops, and
@@ -196,8 +229,28 @@ class Parallel:
         return box[0]
 
     def on_main(self, fn: Callable[[], T]) -> T:
-        """``fn()`` run on rank 0 only, its result broadcast to every rank."""
-        return self.broadcast(fn() if self.is_main else None)
+        """``fn()`` run on rank 0 only, its result broadcast to every rank; its error raised on
+        every rank (``agree``)."""
+        return self.broadcast(self.agree(lambda: fn() if self.is_main else None))
+
+    def agree(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on this rank; if it failed on any rank, ``RankFailed`` (the first failed
+        rank's error) on every rank, before any rank reaches the next collective; in one process,
+        ``fn()`` plainly. Every rank must call it (it is a collective)."""
+        if not self.active:
+            return fn()
+        result, error = None, None
+        try:
+            result = fn()
+        except Exception as e:
+            error = e
+        failed = self.first(None if error is None else (self.rank, _portable(error)))
+        if failed is None:
+            return result  # type: ignore[return-value]
+        rank, first_error = failed
+        if rank == self.rank:
+            raise RankFailed(rank, error) from error  # type: ignore[arg-type]
+        raise RankFailed(rank, first_error)
 
     def barrier(self) -> None:
         if self.active:

@@ -755,17 +755,8 @@ def save_checkpoint(trainer: Trainer, step: int) -> None:
 def on_main(trainer: Trainer, write: Callable[[], Any]) -> None:
     """``write()`` on rank 0 (the run directory's writer); its error, if any, raised on every
     rank (a plain barrier would leave the others waiting without knowing why)."""
-    error = None
-    if trainer.parallel.is_main:
-        try:
-            write()
-        except Exception as e:
-            if not trainer.parallel.active:
-                raise
-            error = e
-    error = trainer.parallel.broadcast(error)
-    if error is not None:
-        raise error
+    parallel = trainer.parallel
+    parallel.agree(lambda: write() if parallel.is_main else None)
 
 
 def progress_info(trainer: Trainer, metrics: dict[str, float]) -> str:

@@ -184,24 +184,21 @@ def setup(cfg: Config, run_dir: Path | None, resume: bool) -> Trainer:
     A resume continues from the newest complete checkpoint; a run with none is started over from
     step 0 in place, its config kept and its partial metrics moved aside (``RunDir.restart``).
     Under data parallelism rank 0 does all of this and the other ranks hold a ``NullRun`` of the
-    same path; an error on rank 0 stops every rank with its message.
+    same path. Each phase that can fail on one rank alone ends in ``Parallel.agree``: an error on
+    any rank stops every rank, with that rank's message, before any reaches the next collective.
     """
     check_device(cfg)
     accelerator, parallel = launch(cfg)
     run: RunDir | None = None
-    path, error = None, None
-    if parallel.is_main:
-        try:
-            if resume:
-                run = RunDir.open(run_dir)
-                path = run.path
-            else:
-                path = RunDir.new_path(cfg, run_dir)
-        except Exception as e:  # every rank must stop, with rank 0's error
-            error = e
-    path, error = parallel.broadcast((str(path) if path else None, error))
-    if error is not None:
-        raise error
+
+    def claim() -> str:  # rank 0: the lock (a resume) or the checked path (a fresh run)
+        nonlocal run
+        if resume:
+            run = RunDir.open(run_dir)
+            return str(run.path)
+        return str(RunDir.new_path(cfg, run_dir))
+
+    path = parallel.on_main(claim)
     try:
         return _build(cfg, accelerator, parallel, run, Path(path), resume)
     except BaseException:
@@ -240,32 +237,14 @@ def check_tasks(tasks: list[Task]) -> None:
 def _build(
     cfg: Config, accelerator: Any, parallel: Parallel, run: RunDir | None, path: Path, resume: bool
 ) -> Trainer:
-    error, trainer, ckpt, versions = None, None, None, {}
-    try:
-        trainer, ckpt, versions = _build_trainer(cfg, accelerator, parallel, run, path, resume)
-    except Exception as e:  # every rank must stop: a rank's failure is named on every rank
-        if not parallel.active:
-            raise
-        error = e
-    if parallel.active:
-        failed = parallel.first(f"rank {parallel.rank}: {error}" if error is not None else None)
-        if error is not None:
-            raise error
-        if failed is not None:
-            raise RuntimeError(f"setup failed on another process ({failed})")
+    trainer, ckpt, versions = _build_trainer(cfg, accelerator, parallel, run, path, resume)
     # Everything that can fail has been built: now rank 0 writes the run directory.
     state_step = trainer.step if ckpt is not None else None
-    error = None
+    opened = parallel.agree(
+        lambda: open_run(cfg, run, path, state_step, versions) if parallel.is_main else None
+    )
     if parallel.is_main:
-        try:
-            trainer.run = open_run(cfg, run, path, state_step, versions)
-        except Exception as e:
-            if not parallel.active:
-                raise
-            error = e
-    error = parallel.broadcast(error)
-    if error is not None:
-        raise error
+        trainer.run = opened
     if ckpt is not None and parallel.is_main:
         note(f"resuming {path} from {ckpt.name}")
     return trainer
@@ -275,23 +254,61 @@ def _build_trainer(
     cfg: Config, accelerator: Any, parallel: Parallel, run: RunDir | None, path: Path, resume: bool
 ) -> tuple[Trainer, Path | None, dict[str, Any]]:
     """Tasks, policy, optimizer, buffers, strategy, engine and the restored state; nothing
-    written."""
+    written. The phases before the launch's first collective (``prepare``) agree across ranks."""
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
     random.seed(cfg.seed)
+    tasks = parallel.agree(lambda: checked_tasks(cfg))
+    log = accelerator.print
+
+    def model_path_on(first: bool) -> str | None:  # rank 0 builds the tiny model, the rest load it
+        return resolve_model_path(cfg.model, cfg.tasks, tasks, log=log) if first else None
+
+    model_path = parallel.agree(lambda: model_path_on(parallel.is_main))
+    model_path = parallel.agree(lambda: model_path or model_path_on(True))
+    ckpt = None
+    if resume:  # the newest complete checkpoint, if any (rank 0 decides)
+        ckpt = parallel.on_main(lambda: (run.checkpoints(note=note) or [None])[-1])
+    policy = parallel.agree(lambda: checked_policy(cfg, model_path, ckpt))
+    built = Built(path, tasks, model_path, ckpt, *policy)
+    return parallel.agree(lambda: _assemble(cfg, accelerator, parallel, built))
+
+
+def checked_tasks(cfg: Config) -> list[Task]:
     tasks = build_tasks(
         cfg.tasks, eval_size=cfg.eval.size, seed=cfg.seed, eval_split=cfg.eval.split
     )
     check_tasks(tasks)
-    log = accelerator.print
-    with accelerator.main_process_first():  # rank 0 builds the tiny model, the others load it
-        model_path = resolve_model_path(cfg.model, cfg.tasks, tasks, log=log)
-    ckpt = None
-    if resume:  # the newest complete checkpoint, if any (rank 0 decides)
-        ckpt = parallel.on_main(lambda: (run.checkpoints(note=note) or [None])[-1])
+    return tasks
+
+
+def checked_policy(cfg: Config, model_path: str, ckpt: Path | None):
     model, tokenizer, ref_model = build_policy(cfg, model_path, ckpt)
     check_parameters(model, f"in the model loaded from {ckpt or model_path}")
+    return model, tokenizer, ref_model
+
+
+@dataclass
+class Built:
+    """What the agreed phases of ``_build_trainer`` built, for ``_assemble``."""
+
+    path: Path
+    tasks: list[Task]
+    model_path: str
+    ckpt: Path | None
+    model: torch.nn.Module
+    tokenizer: Any
+    ref_model: torch.nn.Module | None
+
+
+def _assemble(
+    cfg: Config, accelerator: Any, parallel: Parallel, built: Built
+) -> tuple[Trainer, Path | None, dict[str, Any]]:
+    """The launch's model and optimizer, buffers, strategy, engine, and the restored state."""
+    log = accelerator.print
+    path, tasks, model_path, ckpt = built.path, built.tasks, built.model_path, built.ckpt
+    model, tokenizer, ref_model = built.model, built.tokenizer, built.ref_model
     model.train()
     replica = None
     if parallel.mode == "fsdp2" and cfg.rollout.backend == "transformers":

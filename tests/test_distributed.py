@@ -36,9 +36,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from taskgrad.config import TinyModelConfig
+from taskgrad.config import ConfigError, TinyModelConfig
 from taskgrad.policy import build_char_tokenizer, build_tiny_model
 from taskgrad.rundir import read_records
+from taskgrad.tasks.base import Reward, Sample, Task
 
 ROOT = Path(__file__).resolve().parent.parent
 PARITY = "tests.test_train:Parity"
@@ -198,17 +199,67 @@ def test_resume_of_a_two_process_run(mode, model_dir, tmp_path):
                 assert b[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (a["step"], key)
 
 
-def _processes_naming(text: str) -> list[str]:
-    """Command lines of the live processes that contain ``text``."""
-    found = []
+def _live_commands() -> dict[int, str]:
+    """pid -> command line of every live process."""
+    found = {}
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # it ended meanwhile
             continue
-        if text in line:
-            found.append(line)
+        found[int(cmdline.parent.name)] = line
     return found
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of the live processes that contain ``text``."""
+    return [line for line in _live_commands().values() if text in line]
+
+
+def _pids_naming(text: str) -> list[int]:
+    return [pid for pid, line in _live_commands().items() if text in line and pid != os.getpid()]
+
+
+class FailsOnRankOne(Task):
+    """Test-only: a task that cannot be built on rank 1 (a dataset file that only rank 0 can
+    read, say)."""
+
+    name = "fails_on_rank_one"
+
+    def __init__(self, *args, **kwargs) -> None:
+        if os.environ.get("RANK") == "1":
+            raise ConfigError("planted: this task cannot be built on rank 1")
+        super().__init__(*args, **kwargs)
+
+    def generate(self, rng):
+        return Sample(self.name, f"{rng.randint(0, 99)}?", "0")
+
+    def reward(self, sample, completion):
+        return Reward(float(completion == "0"))
+
+
+@pytest.mark.slow
+def test_a_setup_error_on_one_rank_stops_every_rank(model_dir, tmp_path):
+    """A task that fails to build on rank 1 only (before the launch's first collective) stops
+    both ranks at once: exit status 2, one line naming rank 1 and the error, no run directory.
+    Before ``Parallel.agree`` rank 0 went on to build the model and waited in a barrier that
+    rank 1 never reached, until the collective timeout."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    tasks = (f"tasks=[{{name: broken, type: 'tests.test_distributed:FailsOnRankOne'}}, "
+             f"{{name: left, type: '{PARITY}'}}]")  # fmt: skip
+    args = [f"model={model_dir}", tasks, *COMMON[1:], "--run-dir", str(run)]
+    cmd = [sys.executable, "-m", "taskgrad.cli", "train", "--nproc", "2", *args]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    except subprocess.TimeoutExpired:
+        for pid in _pids_naming(str(run)):  # the launcher and workers outlive the command
+            os.kill(pid, signal.SIGKILL)
+        pytest.fail("an error on rank 1 left the other rank waiting (no exit within 300 s)")
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr[-4000:]
+    assert lines == ["error: rank 1: planted: this task cannot be built on rank 1"], done.stderr
+    assert not run.exists()
 
 
 @pytest.mark.slow
