@@ -4,16 +4,17 @@ The same launcher, with three differences. On an interrupt, torchrun passes SIGI
 workers (each stops at a step boundary; rank 0 prints the one line naming the step and the
 resume command) and then exits quietly with status 128 + the signal, instead of a traceback of
 its own ``SignalException``. When every worker exits with a status that means "already reported
-in one line by rank 0" (2, a user error; 130, an interrupt), it exits with that status and adds
-nothing, instead of its failure report. And its loggers speak only for errors (a worker that
-failed otherwise; ``LOGLEVEL`` set by the user wins), not for the warnings that repeat what the
-workers say.
+in one line by rank 0" (2, a user error; 130, an interrupt; the others may have been stopped by
+the launcher meanwhile), it exits with that status and adds nothing, instead of its failure
+report. And its loggers speak only for errors (a worker that failed otherwise; ``LOGLEVEL`` set
+by the user wins), not for the warnings that repeat what the workers say.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 REPORTED = (2, 130)  # exit statuses whose error rank 0 has printed (cli.main)
@@ -41,9 +42,11 @@ def main() -> int:
     except SignalException as e:
         return 128 + int(e.sigval)
     except ChildFailedError as e:
-        codes = {failure.exitcode for failure in e.failures.values()}
-        if codes <= set(REPORTED):
-            return max(codes)
+        first = min(e.failures.values(), key=lambda failure: failure.timestamp)
+        # The others, if they failed at all, were stopped by the launcher after the first.
+        after = {failure.exitcode for failure in e.failures.values()} - {-signal.SIGTERM}
+        if first.exitcode in REPORTED and after <= set(REPORTED):
+            return first.exitcode
         raise
     return 0
 

@@ -649,33 +649,59 @@ def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
     """Held-out accuracy per task on its fixed evaluation set (greedy, or avg@k with
     ``eval.samples`` = k); the per-prompt outcomes (how many of the k completions are correct)
     go to the run directory's evals.jsonl, for paired comparisons over prompts. Sampled by the
-    rollout engine; under data parallelism on rank 0, the accuracies broadcast to every rank."""
+    rollout engine. Under data parallelism with per-prompt seeding each rank samples its share of
+    every task's set (prompt i on rank i mod N, seeded by i: the outcomes equal one process's
+    with ``rollout.seeding=prompt``) and every rank gets all outcomes; with batch seeding rank 0
+    samples them all."""
     trainer.sync_engine()
-    return trainer.parallel.on_main(lambda: _evaluate(trainer, step))
+    parallel = trainer.parallel
+    if not parallel.active:
+        return eval_record(trainer, step, eval_outcomes(trainer))
+    if trainer.seeding != "prompt":
+        return parallel.on_main(lambda: eval_record(trainer, step, eval_outcomes(trainer)))
+    mine = parallel.agree(lambda: eval_outcomes(trainer, parallel.rank, parallel.world))
+    shards = parallel.gather(mine)  # rank r: {task: counts of prompts r, r + N, ...}
+    outcomes = {}
+    for task in trainer.tasks:
+        n = sum(len(shard[task.name]) for shard in shards)
+        merged = [0] * n
+        for r, shard in enumerate(shards):
+            merged[r :: parallel.world] = shard[task.name]
+        outcomes[task.name] = merged
+    return parallel.agree(lambda: eval_record(trainer, step, outcomes))
 
 
-def _evaluate(trainer: Trainer, step: int) -> dict[str, float]:
+def eval_outcomes(trainer: Trainer, shard: int = 0, shards: int = 1) -> dict[str, list[int]]:
+    """Per task, the number of correct completions (of max(k, 1)) for its held-out prompts
+    ``shard``, ``shard + shards``, ... (all of them by default)."""
     cfg = trainer.cfg
     k = cfg.eval.samples
-    out: dict[str, float] = {}
     outcomes: dict[str, list[int]] = {}
     for task in trainer.tasks:
-        samples = task.eval_set()
+        ids = list(range(shard, len(task.eval_set()), shards))
+        samples = [task.eval_set()[i] for i in ids]
         rollout = trainer.engine.generate(
             samples, [0] * len(samples), group_size=max(k, 1),
             max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=0,
             chat_template=cfg.model.chat_template, max_prompt_tokens=cfg.model.max_prompt_tokens,
-            greedy=k == 0,
+            greedy=k == 0, prompt_ids=ids if trainer.seeding == "prompt" else None,
         )  # fmt: skip
         g = rollout.group_size
         scored = task.rewards([s for s in samples for _ in range(g)], rollout.completions)
         correct = [int(r.value >= 1.0) for r in scored]  # [n * g], grouped by prompt
         outcomes[task.name] = [sum(correct[i : i + g]) for i in range(0, len(correct), g)]
-        out[M.eval_key(task.name)] = sum(correct) / len(correct)
+    return outcomes
+
+
+def eval_record(trainer: Trainer, step: int, outcomes: dict[str, list[int]]) -> dict[str, float]:
+    """Accuracies from the per-prompt outcomes; the outcomes logged (rank 0's run directory)."""
+    cfg = trainer.cfg
+    g = max(cfg.eval.samples, 1)
+    out = {M.eval_key(name): sum(c) / (g * len(c)) for name, c in outcomes.items()}
     scored_tasks = [M.eval_key(t.name) for t in cfg.tasks if t.scored]  # a distractor's is noise
     out[M.EVAL_MEAN] = sum(out[key] for key in scored_tasks) / len(scored_tasks)
-    trainer.run.log_eval(step, outcomes, samples=max(k, 1))
+    trainer.run.log_eval(step, outcomes, samples=g)
     return out
 
 
