@@ -35,6 +35,7 @@ from taskgrad.balancing import STRATEGIES, TaskGradStats
 from taskgrad.config import TinyModelConfig, validate
 from taskgrad.integrations import trl_batch as TB
 from taskgrad.integrations.trl import (
+    STATE_FILE,
     TaskGradGRPOTrainer,
     UnsupportedSetting,
     check_supported,
@@ -387,6 +388,27 @@ def test_resuming_from_a_trl_checkpoint_continues_the_run_directory(model_dir, t
     records = RunDir(tmp_path / "taskgrad").records()
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert M.gain_key("digit", "window") not in records[-1]  # gain_window 10 > 4 steps
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "equal_norm"])
+def test_a_resumed_run_repeats_the_uninterrupted_one(model_dir, tmp_path, strategy):
+    """Interrupted after step 2's checkpoint and resumed, a run ends with the uninterrupted run's
+    parameters: equal_norm's moving averages (and the window statistics) come back from the
+    checkpoint, where they used to restart."""
+    constant = {"lr_scheduler_type": "constant"}  # the cut run's schedule must not end at 2
+    _, p_full = train(Ours, model_dir, grpo_args(tmp_path / "full", steps=4, **constant),
+                      strategy=strategy)  # fmt: skip
+    cut = tmp_path / "cut"
+    train(Ours, model_dir, grpo_args(cut, steps=2, save_strategy="steps", save_steps=2,
+          **constant), strategy=strategy)  # fmt: skip
+    assert (cut / "checkpoint-2" / STATE_FILE).exists()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    resumed = Ours(model=model, reward_funcs=reward, args=grpo_args(cut, steps=4, **constant),
+                   train_dataset=dataset(), processing_class=load_tokenizer(str(model_dir)),
+                   strategy=strategy)  # fmt: skip
+    resumed.train(resume_from_checkpoint=True)
+    p_resumed = {n: p.detach().clone() for n, p in resumed.model.named_parameters()}
+    assert max_abs(p_resumed, p_full) < PARAM_TOL
 
 
 # --- settings that cannot be decomposed exactly ------------------------------------------------

@@ -25,6 +25,8 @@ step meets them (file:line: TRL 1.16 / transformers 5.24 as installed):
   the window's last micro-batch it runs ``taskgrad.train.balance``, the same function taskgrad's
   own loop runs: Gram -> strategy -> ``.grad = sum_k w_k G_k`` (uniform: the plain sum).
 - ``_get_grad_norm``: keeps the pre-clip norm Trainer computed, for ``train/grad_norm``.
+- ``train``: notes the checkpoint a resume starts from; the strategy's state and the window
+  statistics saved beside TRL's in every checkpoint (``on_save``) are restored from it.
 - a callback: the run directory at ``on_train_begin``; at ``on_optimizer_step`` (after AdamW's
   step, before the scheduler's) the gradient diagnostics, AdamW geometry and the step's record,
   written to ``metrics.jsonl`` and appended to TRL's metrics, so its ``log`` sends them to W&B,
@@ -56,6 +58,7 @@ import torch
 try:
     import trl
     from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
     from trl import GRPOTrainer
     from trl.trainer.utils import split_tensor_dict
 except ImportError as e:  # pragma: no cover - the extra is missing
@@ -90,6 +93,7 @@ if not trl.__version__.startswith(SUPPORTED_TRL):
     )
 
 log = logging.getLogger(__name__)
+STATE_FILE = "taskgrad_state.pt"  # in each TRL checkpoint: the strategy's state and windows
 
 # TRL's per-micro-batch metrics (``GRPOTrainer._compute_loss``) -> taskgrad task statistics.
 MICRO_METRICS = {
@@ -157,7 +161,8 @@ class LoopState:
     groups: GroupGradients | None
     history: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     sampling: torch.Tensor | None = None  # set by sampling strategies, which are refused
-    # the last diagnostics.window steps' task statistics (train.task_window; not checkpointed)
+    # the last diagnostics.window steps' task statistics (train.task_window); checkpointed with
+    # the strategy's state in each TRL checkpoint (STATE_FILE)
     windows: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
@@ -264,6 +269,14 @@ class TaskGradGRPOTrainer(GRPOTrainer):
         self.tg_window: Window | None = None
         self.tg_rewards: torch.Tensor | None = None  # [N] this generation batch's rewards
         self.add_callback(_Hooks(self))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        self.tg_resume_from = resume_from_checkpoint
+        if resume_from_checkpoint is True:  # Trainer's own resolution of "the last one"
+            from transformers.trainer_utils import get_last_checkpoint
+
+            self.tg_resume_from = get_last_checkpoint(self.args.output_dir)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     @property
     def tg_balancing(self) -> bool:
@@ -455,6 +468,9 @@ class TaskGradGRPOTrainer(GRPOTrainer):
 
     # -- the run directory -----------------------------------------------------------------------
     def _tg_begin(self, state) -> None:
+        resume = getattr(self, "tg_resume_from", None)
+        if resume and state.global_step > 0:
+            self._tg_load(Path(resume))
         if not self.is_world_process_zero():
             return
         steps = math.ceil(state.max_steps / self.num_iterations)
@@ -475,6 +491,22 @@ class TaskGradGRPOTrainer(GRPOTrainer):
                 if record.get(M.task_key(task, "reward")) is not None:
                     self.tg.history[task].append(record[M.task_key(task, "reward")])
 
+    def _tg_load(self, checkpoint: Path) -> None:
+        """The strategy's state and window statistics saved in ``checkpoint`` (a checkpoint
+        written before they were saved, or without them, restarts them: logged)."""
+        path = checkpoint / STATE_FILE
+        if not path.exists():
+            log.warning("%s has no %s: the strategy's state restarts", checkpoint, STATE_FILE)
+            return
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        self.tg.strategy.load_state_dict(saved["strategy"])
+        self.tg.windows = saved["windows"]
+
+    def _tg_save(self, checkpoint: Path) -> None:
+        if self.is_world_process_zero() and checkpoint.is_dir():
+            state = {"strategy": self.tg.strategy.state_dict(), "windows": self.tg.windows}
+            torch.save(state, checkpoint / STATE_FILE)
+
     def _tg_end(self) -> None:
         if self.tg_run is not None:
             self.tg_run.finish(self.tg.task_names)
@@ -491,6 +523,11 @@ class _Hooks(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.trainer._tg_record()
+
+    def on_save(self, args, state, control, **kwargs):  # after Trainer wrote the checkpoint
+        self.trainer._tg_save(
+            Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        )
 
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer._tg_end()
