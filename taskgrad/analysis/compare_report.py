@@ -73,8 +73,8 @@ def fig_curves(by: Runs, baseline: str) -> F.Fig:
     caption = (
         f"{metric} accuracy on each task's fixed held-out set, averaged over tasks (left) or its "
         "minimum over tasks (right), at the evaluated steps (start, middle and end by default); "
-        "mean over seeds. Band: "
-        f"95% t-interval over seeds of the baseline ({baseline}); dashed: the tuned static mix."
+        "mean over seeds. Band: 95% t-interval over seeds of the baseline "
+        f"({baseline}); dashed: the static mix (tuned, or the weights given)."
     )
     return F.Fig("compare-curves", fig, caption)
 
