@@ -24,10 +24,8 @@ import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -655,9 +653,7 @@ def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
     samples them all."""
     trainer.sync_engine()
     parallel = trainer.parallel
-    if not parallel.active:
-        return eval_record(trainer, step, eval_outcomes(trainer))
-    if trainer.seeding != "prompt":
+    if parallel.active and trainer.seeding != "prompt":
         return parallel.on_main(lambda: eval_record(trainer, step, eval_outcomes(trainer)))
     mine = parallel.agree(lambda: eval_outcomes(trainer, parallel.rank, parallel.world))
     shards = parallel.gather(mine)  # rank r: {task: counts of prompts r, r + N, ...}
@@ -678,8 +674,9 @@ def eval_outcomes(trainer: Trainer, shard: int = 0, shards: int = 1) -> dict[str
     k = cfg.eval.samples
     outcomes: dict[str, list[int]] = {}
     for task in trainer.tasks:
-        ids = list(range(shard, len(task.eval_set()), shards))
-        samples = [task.eval_set()[i] for i in ids]
+        held_out = task.eval_set()
+        ids = list(range(shard, len(held_out), shards))
+        samples = held_out[shard::shards]
         rollout = trainer.engine.generate(
             samples, [0] * len(samples), group_size=max(k, 1),
             max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
@@ -763,7 +760,7 @@ def train_loop(trainer: Trainer) -> Path:
                 save_checkpoint(trainer, step)
                 last_checkpoint = time.monotonic()
             progress.update(bar, advance=1, info=progress_info(trainer, metrics))
-    on_main(trainer, lambda: run.finish(trainer.task_names))
+    trainer.parallel.on_main(lambda: run.finish(trainer.task_names))
     trainer.engine.close()
     return run.path
 
@@ -773,16 +770,9 @@ def save_checkpoint(trainer: Trainer, step: int) -> None:
     gathers the shards) and rank 0 writes."""
     state = trainer.state_dict()
     weights = trainer.parallel.savable(trainer.policy)
-    on_main(trainer, lambda: trainer.run.save_checkpoint(
+    trainer.parallel.on_main(lambda: trainer.run.save_checkpoint(
         step, weights, trainer.tokenizer, state, keep=trainer.cfg.keep_checkpoints
     ))  # fmt: skip
-
-
-def on_main(trainer: Trainer, write: Callable[[], Any]) -> None:
-    """``write()`` on rank 0 (the run directory's writer); its error, if any, raised on every
-    rank (a plain barrier would leave the others waiting without knowing why)."""
-    parallel = trainer.parallel
-    parallel.agree(lambda: write() if parallel.is_main else None)
 
 
 def progress_info(trainer: Trainer, metrics: dict[str, float]) -> str:
