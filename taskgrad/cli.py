@@ -29,6 +29,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(args.nproc, argv)
     from taskgrad.config import load_config
+    from taskgrad.distributed import shutdown
     from taskgrad.rundir import RunDir
     from taskgrad.train import train
 
@@ -47,6 +48,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
         path = train(cfg, Path(args.run_dir) if args.run_dir else None)
+    shutdown()  # data parallelism: every rank has finished; the process group goes
     if int(os.environ.get("RANK", "0")) != 0:  # a data-parallel launch: rank 0 reports
         return 0
     # setup (model build included) to the end of training; benchmarks/default_run.py reads it
@@ -260,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0 or not shared:
             print(f"error: {message}".splitlines()[0], file=sys.stderr, flush=True)
         if agreed(e):
-            from taskgrad.distributed import settle
+            from taskgrad.distributed import shutdown
 
-            settle()
+            shutdown()
         return code
 
 

@@ -118,14 +118,21 @@ class RankFailed(Exception):
         self.rank, self.error = rank, error
 
 
-def settle() -> None:
-    """After an agreed error (``RankFailed``), every rank waits here until rank 0 has printed it:
-    the launcher stops the other workers when the first one exits, which could otherwise stop
-    rank 0 before it speaks. The process group is sound (the error was agreed through it)."""
+def shutdown() -> None:
+    """The end of a data-parallel process: every rank waits here for the others, then the process
+    group is destroyed. After a finished run, without it the process exits with gloo's worker
+    threads alive and the C++ runtime may abort it ("terminate called without an active
+    exception", SIGABRT: pytorch/pytorch#190489) after the run was written. After an agreed error
+    (``RankFailed``), the wait keeps every rank alive until rank 0 has printed it: the launcher
+    stops the other workers when the first one exits, which could otherwise stop rank 0 before it
+    speaks (the group is sound: the error was agreed through it). Never after an error only this
+    rank has: the others may be inside a collective, and the barrier would hang; the launcher
+    stops them. A no-op in one process."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+        dist.destroy_process_group()
 
 
 def _portable(error: BaseException) -> BaseException:

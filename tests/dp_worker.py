@@ -20,7 +20,7 @@ import torch
 
 from taskgrad import train as T
 from taskgrad.config import load_config
-from taskgrad.distributed import full
+from taskgrad.distributed import full, shutdown
 
 
 def main(out: Path, overrides: list[str]) -> None:
@@ -43,6 +43,7 @@ def main(out: Path, overrides: list[str]) -> None:
     T.train(load_config(None, overrides), out / "run")
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save(records, out / "records.pt")
+    shutdown()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ by rank change parameters by 1e-4 or more (see the report of issue 12 for the pl
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -40,6 +41,7 @@ from taskgrad.config import ConfigError, TinyModelConfig
 from taskgrad.policy import build_char_tokenizer, build_tiny_model
 from taskgrad.rundir import read_records
 from taskgrad.tasks.base import Reward, Sample, Task
+from tests.test_train import Parity
 
 ROOT = Path(__file__).resolve().parent.parent
 PARITY = "tests.test_train:Parity"
@@ -260,6 +262,47 @@ def test_a_setup_error_on_one_rank_stops_every_rank(model_dir, tmp_path):
     assert done.returncode == 2, done.stderr[-4000:]
     assert lines == ["error: rank 1: planted: this task cannot be built on rank 1"], done.stderr
     assert not run.exists()
+
+
+class LeavesAWitness(Parity):
+    """Test-only: a parity task that, in every process that builds it, writes at interpreter exit
+    whether the process group was still alive (``$WITNESS_DIR/rank<R>``)."""
+
+    name = "leaves_a_witness"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        out = Path(os.environ["WITNESS_DIR"]) / f"rank{os.environ.get('RANK', '0')}"
+
+        def witness() -> None:
+            import torch.distributed as dist
+
+            out.write_text(str(dist.is_initialized()))
+
+        atexit.register(witness)
+
+
+@pytest.mark.slow
+def test_every_rank_destroys_its_process_group(model_dir, tmp_path):
+    """A ``--nproc 2`` launch that finishes, and one stopped by an error agreed by both ranks, end
+    with the process group destroyed on every rank (distributed.shutdown). A process that exits
+    with it alive leaves gloo's threads running into interpreter teardown, where the C++ runtime
+    can abort it (SIGABRT, "terminate called without an active exception"): a finished run then
+    failed about once in tens of launches (the resume test did, in CI)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    witness = "{name: witness, type: 'tests.test_distributed:LeavesAWitness'}"
+    broken = "{name: broken, type: 'tests.test_distributed:FailsOnRankOne'}"
+    for case, tasks, status in (("finished", [witness], 0), ("agreed", [witness, broken], 2)):
+        env["WITNESS_DIR"] = str(tmp_path / case)
+        os.makedirs(env["WITNESS_DIR"])
+        args = [f"model={model_dir}", f"tasks=[{', '.join(tasks)}]", *COMMON[1:], "steps=1",
+                "eval.every=0", "diagnostics.probe_every=0",
+                "--run-dir", str(tmp_path / case / "run")]  # fmt: skip
+        cmd = [sys.executable, "-m", "taskgrad.cli", "train", "--nproc", "2", *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        assert done.returncode == status, done.stderr[-4000:]
+        alive = {rank: (tmp_path / case / f"rank{rank}").read_text() for rank in (0, 1)}
+        assert alive == {0: "False", 1: "False"}, (case, alive)
 
 
 @pytest.mark.slow
