@@ -21,6 +21,7 @@ squared norm that is signal. Per-step values stay in metrics.jsonl as per-step e
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,7 +127,8 @@ def run_windows(run: Run, size: int = WINDOW) -> RunWindows:
         if proxy is not None:
             proxy_sum[i] = np.nansum(proxy.reindex(block).to_numpy(), 0)
         for name, frame in frames.items():
-            with np.errstate(invalid="ignore"):
+            with warnings.catch_warnings():  # a statistic a run never logged: NaN, quietly
+                warnings.simplefilter("ignore", RuntimeWarning)
                 stats[name][i] = (
                     np.nanmean(frame.reindex(block).to_numpy(), 0) if len(frame) else np.nan
                 )
