@@ -89,10 +89,10 @@ class RolloutConfig:
     # sampling engine: transformers generate on the trainer's model, or a colocated vLLM engine
     # (the 'vllm' extra) that gets the weights after every optimizer step (engines/)
     backend: Literal["transformers", "vllm"] = "transformers"
-    # how completions are seeded: "batch" (one stream for the whole rollout, transformers only),
-    # "prompt" (each prompt's own stream from its id, so any sharding of the prompts over
-    # processes samples the same tokens); null = batch in one process, prompt under data
-    # parallelism. vLLM always seeds per prompt.
+    # how completions (rollouts, evaluation, probes) are seeded: "batch" (one stream per call,
+    # transformers only), "prompt" (each prompt's own stream from its id, so any sharding of the
+    # prompts over processes samples the same tokens); null = batch in one process, prompt under
+    # data parallelism. vLLM always seeds per prompt.
     seeding: Literal["batch", "prompt"] | None = None
     # options of the vLLM engine (engines/vllm.py), e.g. {gpu_memory_utilization: 0.3,
     # enable_sleep_mode: true, kv_cache_gib: 4, max_model_len: 2048}

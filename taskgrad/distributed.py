@@ -52,9 +52,14 @@ collectives (P: in-scope parameters, M = 2K groups, N ranks, n_params parameter 
 * both: the rollout all-gather and the all-reduce of per-row sums (entropy, clipping, loss, KL:
   4 B G floats): a few MB at most.
 
-**Main process only:** the run directory (other ranks get a ``NullRun``), evaluation and probes,
-which sample on rank 0's engine after a weight sync every rank joins; their results are
-broadcast, so every rank holds the same trainer state.
+**Evaluation and probes are shared out** like the rollouts (``Parallel.sharded``, after a weight
+sync every rank joins): prompt i of a held-out or probe set is sampled on rank i mod N from a
+stream seeded by its id, and the per-prompt results are gathered, so every rank holds what one
+process with per-prompt seeding computes (with ``rollout.seeding=batch``, which no launch
+chooses by default, rank 0 samples them alone and broadcasts them).
+
+**Main process only:** the run directory (other ranks get a ``NullRun``): evaluation outcomes,
+metrics and checkpoints are written by rank 0.
 """
 
 from __future__ import annotations
@@ -219,6 +224,19 @@ class Parallel:
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+    def sharded(self, fn: Callable[[int, int], dict[str, list[Any]]]) -> dict[str, list[Any]]:
+        """Work on lists of prompts, shared out: ``fn(rank, world)`` gives, per key, the values of
+        items ``rank``, ``rank + world``, ... of each list; every rank gets the whole lists, in
+        item order (one all-gather). Errors are agreed; every rank must call it."""
+        shards = self.gather(self.agree(lambda: fn(self.rank, self.world)))
+        whole: dict[str, list[Any]] = {}
+        for key in shards[0]:
+            merged: list[Any] = [None] * sum(len(shard[key]) for shard in shards)
+            for r, shard in enumerate(shards):
+                merged[r :: self.world] = shard[key]
+            whole[key] = merged
+        return whole
 
     def first(self, obj: T | None) -> T | None:
         """The first rank's non-None ``obj`` on every rank (None when every rank has None): a

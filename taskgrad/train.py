@@ -655,15 +655,7 @@ def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
     parallel = trainer.parallel
     if parallel.active and trainer.seeding != "prompt":
         return parallel.on_main(lambda: eval_record(trainer, step, eval_outcomes(trainer)))
-    mine = parallel.agree(lambda: eval_outcomes(trainer, parallel.rank, parallel.world))
-    shards = parallel.gather(mine)  # rank r: {task: counts of prompts r, r + N, ...}
-    outcomes = {}
-    for task in trainer.tasks:
-        n = sum(len(shard[task.name]) for shard in shards)
-        merged = [0] * n
-        for r, shard in enumerate(shards):
-            merged[r :: parallel.world] = shard[task.name]
-        outcomes[task.name] = merged
+    outcomes = parallel.sharded(lambda rank, world: eval_outcomes(trainer, rank, world))
     return parallel.agree(lambda: eval_record(trainer, step, outcomes))
 
 
@@ -677,6 +669,9 @@ def eval_outcomes(trainer: Trainer, shard: int = 0, shards: int = 1) -> dict[str
         held_out = task.eval_set()
         ids = list(range(shard, len(held_out), shards))
         samples = held_out[shard::shards]
+        if not samples:  # more ranks than held-out prompts
+            outcomes[task.name] = []
+            continue
         rollout = trainer.engine.generate(
             samples, [0] * len(samples), group_size=max(k, 1),
             max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,

@@ -352,7 +352,7 @@ def _assemble(
     )  # fmt: skip
     trainer.prober = Prober(
         engine, tasks, cfg, sync=lambda: trainer.sync_engine(force=True),
-        parallel=parallel if parallel.active else None,
+        parallel=parallel if parallel.active else None, seeding=trainer.seeding,
     )  # fmt: skip
     if state is not None:
         trainer.load_state_dict(state)

@@ -55,7 +55,7 @@ COMMON = [
     "progress=false", "rollout.seeding=prompt", "checkpoint_every=2", "diagnostics.gain_window=1",
 ]  # fmt: skip
 CONFIGS = {
-    # every diagnostic: evaluation and probes on rank 0, one-step gains, a transfer matrix
+    # every diagnostic: evaluation and probes (shared out), one-step gains, a transfer matrix
     # (parameters moved and pushed to the engine), a dedicated measurement batch, task momenta
     # and AdamW geometry (all-reduced dot products under FSDP2)
     "uniform": [

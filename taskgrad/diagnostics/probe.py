@@ -42,8 +42,12 @@ class Prober:
 
     ``engine`` samples (engines/: transformers generate on the policy, or vLLM); ``sync`` brings
     it to the policy's current parameters first (every rank calls it: the transfer matrix moves
-    the parameters between probes); ``parallel`` runs the probe on rank 0 only and broadcasts the
-    rewards (distributed.py). None: one process, an engine that follows the live model.
+    the parameters between probes). ``seeding`` is the launch's ``rollout.seeding``: with
+    "prompt" each probe prompt's completions come from a stream seeded by (task, prompt), so
+    under data parallelism (``parallel``) each rank samples its share of the prompts (prompt i on
+    rank i mod N) and every rank gets all rewards: what one process with per-prompt seeding
+    gets. With "batch", rank 0 samples them all and broadcasts them. ``parallel`` None: one
+    process, an engine that follows the live model.
     """
 
     engine: Any
@@ -51,32 +55,46 @@ class Prober:
     cfg: Config
     sync: Callable[[], object] | None = None
     parallel: Any = None
+    seeding: str = "batch"
 
     def __call__(self) -> ProbeRewards:
         if self.sync is not None:
             self.sync()
-        if self.parallel is None:
-            return self.probe()
-        return self.parallel.on_main(self.probe)
+        p = self.parallel
+        if p is None:
+            rewards = self.probe()
+        elif self.seeding != "prompt":
+            rewards = p.on_main(self.probe)
+        else:
+            rewards = p.sharded(self.probe)
+        return {task: torch.tensor(values) for task, values in rewards.items()}
 
     @torch.no_grad()
-    def probe(self) -> ProbeRewards:
+    def probe(self, shard: int = 0, shards: int = 1) -> dict[str, list[float]]:
+        """Per task, the mean reward of each of its probe prompts ``shard``, ``shard + shards``,
+        ... (all of them by default)."""
         cfg, d = self.cfg, self.cfg.diagnostics
         out = {}
         for k, task in enumerate(self.tasks):
-            samples = task.eval_set()[: d.probe_size]
+            samples = task.eval_set()[: d.probe_size][shard::shards]
+            ids = list(range(shard, d.probe_size, shards))[: len(samples)]
+            if not samples:  # more ranks than probe prompts
+                out[task.name] = []
+                continue
             rollout = self.engine.generate(
                 samples, [k] * len(samples),
                 group_size=d.probe_samples, max_new_tokens=cfg.rollout.max_new_tokens,
                 temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=1000 + k,
                 chat_template=cfg.model.chat_template,
                 max_prompt_tokens=cfg.model.max_prompt_tokens,
+                prompt_ids=ids if self.seeding == "prompt" else None,
             )  # fmt: skip
             rewards = [r.value for r in task.rewards(
                 [samples[i // d.probe_samples] for i in range(len(rollout.completions))],
                 rollout.completions,
             )]  # fmt: skip
-            out[task.name] = torch.tensor(rewards).view(len(samples), d.probe_samples).mean(1)
+            per_prompt = torch.tensor(rewards).view(len(samples), d.probe_samples).mean(1)
+            out[task.name] = per_prompt.tolist()
         return out
 
 
