@@ -37,6 +37,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from taskgrad import metrics as M
 from taskgrad.config import ConfigError, TinyModelConfig
 from taskgrad.policy import build_char_tokenizer, build_tiny_model
 from taskgrad.rundir import read_records
@@ -262,6 +263,26 @@ def test_a_setup_error_on_one_rank_stops_every_rank(model_dir, tmp_path):
     assert done.returncode == 2, done.stderr[-4000:]
     assert lines == ["error: rank 1: planted: this task cannot be built on rank 1"], done.stderr
     assert not run.exists()
+
+
+@pytest.mark.slow
+def test_a_set_smaller_than_the_launch(model_dir, tmp_path):
+    """One held-out and one probe prompt per task on 2 ranks: rank 1 has none of either and
+    samples nothing, rank 0 samples them, and every rank gets the results (the run finishes,
+    with every task's accuracy and probe reward logged)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    run = tmp_path / "run"
+    args = [f"model={model_dir}", *COMMON, "steps=1", "eval.every=1", "eval.size=1",
+            "diagnostics.probe_every=1", "diagnostics.probe_size=1", "diagnostics.probe_samples=2",
+            "diagnostics.one_step_at=[1]", "--run-dir", str(run)]  # fmt: skip
+    cmd = [sys.executable, "-m", "taskgrad.cli", "train", "--nproc", "2", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    last = read_records(run / "metrics.jsonl")[-1]
+    for task in ("left", "right", "third"):
+        assert last[M.eval_key(task)] in (0.0, 1.0)
+        assert last[M.probe_key(task)] in (0.0, 0.5, 1.0)
+        assert M.gain_key(task, "one_step") in last
 
 
 class LeavesAWitness(Parity):
