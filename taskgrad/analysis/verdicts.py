@@ -197,7 +197,7 @@ def ci_text(value: float, lo: float, hi: float, fmt_one=fmt) -> str:
     return f"{fmt_one(value)} [{fmt_one(lo)}, {fmt_one(hi)}]"
 
 
-def rule_rank(windows: list[RunWindows], n_boot: int = N_BOOT) -> Verdict:
+def rule_rank(windows: list[RunWindows]) -> Verdict:
     rhos = unit_rhos(gain_units(windows))
     rho, lo, hi = rho_interval(rhos)
     text = f"mean rho {ci_text(rho, lo, hi)} over {rhos.size} units"
@@ -235,7 +235,7 @@ def advantage_rhos(windows: list[RunWindows]) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def rule_advantage(windows: list[RunWindows], n_boot: int = N_BOOT) -> Verdict:
+def rule_advantage(windows: list[RunWindows]) -> Verdict:
     within, across = advantage_rhos(windows)
     w, wlo, whi = rho_interval(within)
     a, alo, ahi = rho_interval(across)
