@@ -265,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             from taskgrad.distributed import shutdown
 
             shutdown()
+        elif "torch.distributed" in sys.modules:  # perhaps a data-parallel worker
+            from taskgrad.distributed import leave
+
+            leave(code)
         return code
 
 

@@ -65,6 +65,8 @@ metrics and checkpoints are written by rank 0.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -138,6 +140,23 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def leave(code: int) -> None:
+    """End a data-parallel process now, with status ``code``, after an error the ranks did not
+    agree (an interrupt lands on each rank wherever it is, possibly inside a collective; an error
+    of one rank leaves the others inside one): no barrier and no ``destroy_process_group``, either
+    of which could wait on a peer, and no interpreter teardown, in which gloo threads still busy
+    with a collective can abort the process (``shutdown``), turning the reported status into
+    SIGABRT. Output is flushed first; the run directory was closed by the training loop. Returns
+    (does nothing) outside a launched worker of several processes."""
+    import torch.distributed as dist
+
+    launched = "LOCAL_RANK" in os.environ and dist.is_available() and dist.is_initialized()
+    if launched and dist.get_world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _portable(error: BaseException) -> BaseException:

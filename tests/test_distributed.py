@@ -332,10 +332,14 @@ def test_ctrl_c_under_nproc(model_dir, tmp_path):
     to its foreground group) stops the run at a step boundary: exit status 130, rank 0's one line
     naming the step and the resume command, no worker left running, the lock released. The
     launcher used to be killed outright (``subprocess.call``), which orphaned the workers and
-    printed "interrupted before training started"."""
+    printed "interrupted before training started". The workers leave without interpreter
+    teardown (distributed.leave: no atexit witness is written), where gloo threads still inside
+    an interrupted collective could abort them and replace status 130 with SIGABRT."""
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    args = [f"model={model_dir}", *COMMON, "eval.every=0", "diagnostics.probe_every=0",
+    env["WITNESS_DIR"] = str(tmp_path)
+    tasks = COMMON[0][:-1] + ", {name: witness, type: 'tests.test_distributed:LeavesAWitness'}]"
+    args = [f"model={model_dir}", tasks, *COMMON[1:], "eval.every=0", "diagnostics.probe_every=0",
             "steps=2000", "checkpoint_every=1", "--run-dir", str(run)]  # fmt: skip
     cmd = [sys.executable, "-m", "taskgrad.cli", "train", "--nproc", "2", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -353,3 +357,4 @@ def test_ctrl_c_under_nproc(model_dir, tmp_path):
     time.sleep(1)
     assert _processes_naming(str(run)) == []
     assert not (run / "lock").exists()
+    assert sorted(p.name for p in tmp_path.glob("rank*")) == []
