@@ -244,10 +244,16 @@ class Parallel:
         dist.all_gather_object(out, obj)
         return out
 
-    def sharded(self, fn: Callable[[int, int], dict[str, list[Any]]]) -> dict[str, list[Any]]:
+    def sharded(
+        self, fn: Callable[[int, int], dict[str, list[Any]]], split: bool = True
+    ) -> dict[str, list[Any]]:
         """Work on lists of prompts, shared out: ``fn(rank, world)`` gives, per key, the values of
         items ``rank``, ``rank + world``, ... of each list; every rank gets the whole lists, in
-        item order (one all-gather). Errors are agreed; every rank must call it."""
+        item order (one all-gather). ``split`` False: rank 0 does all of it, ``fn(0, 1)``, and
+        broadcasts it (work whose results depend on how it is split). Errors are agreed; every
+        rank must call it."""
+        if not split:
+            return self.on_main(lambda: fn(0, 1))
         shards = self.gather(self.agree(lambda: fn(self.rank, self.world)))
         whole: dict[str, list[Any]] = {}
         for key in shards[0]:

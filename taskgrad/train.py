@@ -653,9 +653,10 @@ def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
     samples them all."""
     trainer.sync_engine()
     parallel = trainer.parallel
-    if parallel.active and trainer.seeding != "prompt":
-        return parallel.on_main(lambda: eval_record(trainer, step, eval_outcomes(trainer)))
-    outcomes = parallel.sharded(lambda rank, world: eval_outcomes(trainer, rank, world))
+    outcomes = parallel.sharded(
+        lambda rank, world: eval_outcomes(trainer, rank, world),
+        split=trainer.seeding == "prompt",
+    )
     return parallel.agree(lambda: eval_record(trainer, step, outcomes))
 
 
@@ -668,7 +669,7 @@ def eval_outcomes(trainer: Trainer, shard: int = 0, shards: int = 1) -> dict[str
     for task in trainer.tasks:
         held_out = task.eval_set()
         ids = list(range(shard, len(held_out), shards))
-        samples = held_out[shard::shards]
+        samples = [held_out[i] for i in ids]
         if not samples:  # more ranks than held-out prompts
             outcomes[task.name] = []
             continue

@@ -60,13 +60,10 @@ class Prober:
     def __call__(self) -> ProbeRewards:
         if self.sync is not None:
             self.sync()
-        p = self.parallel
-        if p is None:
+        if self.parallel is None:
             rewards = self.probe()
-        elif self.seeding != "prompt":
-            rewards = p.on_main(self.probe)
         else:
-            rewards = p.sharded(self.probe)
+            rewards = self.parallel.sharded(self.probe, split=self.seeding == "prompt")
         return {task: torch.tensor(values) for task, values in rewards.items()}
 
     @torch.no_grad()
@@ -76,8 +73,9 @@ class Prober:
         cfg, d = self.cfg, self.cfg.diagnostics
         out = {}
         for k, task in enumerate(self.tasks):
-            samples = task.eval_set()[: d.probe_size][shard::shards]
-            ids = list(range(shard, d.probe_size, shards))[: len(samples)]
+            pool = task.eval_set()[: d.probe_size]
+            ids = list(range(shard, len(pool), shards))
+            samples = [pool[i] for i in ids]
             if not samples:  # more ranks than probe prompts
                 out[task.name] = []
                 continue
